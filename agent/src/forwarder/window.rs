@@ -1,0 +1,126 @@
+//! The in-flight window of the forwarder.
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use crate::buffer::StoredBatch;
+
+#[derive(Debug)]
+struct InFlight {
+    readings: u32,
+    payload: Vec<u8>,
+    /// `None`: not sent on the current connection yet.
+    sent_at: Option<Instant>,
+    sends: u32,
+}
+
+/// Batches loaded from the buffer, keyed by sequence number, until their ack arrives.
+#[derive(Debug)]
+pub struct Window {
+    max: usize,
+    entries: BTreeMap<u64, InFlight>,
+    /// Highest sequence number ever loaded: the next load starts after it.
+    cursor: Option<u64>,
+}
+
+/// One batch to put on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Send<'a> {
+    pub seq: u64,
+    pub payload: &'a [u8],
+    pub resend: bool,
+}
+
+impl Window {
+    pub fn new(max: usize) -> Self {
+        Self { max: max.max(1), entries: BTreeMap::new(), cursor: None }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// How many more batches may be loaded.
+    pub fn free(&self) -> usize {
+        self.max - self.entries.len().min(self.max)
+    }
+
+    pub fn cursor(&self) -> Option<u64> {
+        self.cursor
+    }
+
+    pub fn load(&mut self, batches: Vec<StoredBatch>) {
+        for b in batches {
+            self.cursor = Some(self.cursor.map_or(b.seq, |c| c.max(b.seq)));
+            self.entries.insert(b.seq, InFlight { readings: b.readings, payload: b.payload, sent_at: None, sends: 0 });
+        }
+    }
+
+    /// Batches due now: never sent on this connection, or sent longer than `ack_timeout` ago.
+    pub fn due(&self, now: Instant, ack_timeout: Duration) -> Vec<u64> {
+        self.entries
+            .iter()
+            .filter(|(_, f)| f.sent_at.is_none_or(|t| now.duration_since(t) >= ack_timeout))
+            .map(|(&seq, _)| seq)
+            .collect()
+    }
+
+    pub fn get(&self, seq: u64) -> Option<Send<'_>> {
+        self.entries.get(&seq).map(|f| Send { seq, payload: &f.payload, resend: f.sends > 0 })
+    }
+
+    pub fn mark_sent(&mut self, seq: u64, now: Instant) {
+        if let Some(f) = self.entries.get_mut(&seq) {
+            f.sent_at = Some(now);
+            f.sends += 1;
+        }
+    }
+
+    /// The connection dropped (or came back): whatever was in flight must be sent again.
+    pub fn connection_reset(&mut self) {
+        for f in self.entries.values_mut() {
+            f.sent_at = None;
+        }
+    }
+
+    /// The collector acknowledged `seq`; returns its reading count if it was in the window.
+    pub fn ack(&mut self, seq: u64) -> Option<u32> {
+        self.entries.remove(&seq).map(|f| f.readings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(seq: u64) -> StoredBatch {
+        StoredBatch { seq, readings: 10, payload: vec![seq as u8] }
+    }
+
+    #[test]
+    fn sends_once_then_again_after_timeout_or_reconnect() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(5);
+        let mut w = Window::new(2);
+        w.load(vec![stored(3), stored(4)]);
+        assert_eq!((w.free(), w.cursor()), (0, Some(4)));
+        assert_eq!(w.due(t0, timeout), [3, 4]);
+        assert!(!w.get(3).unwrap().resend);
+        w.mark_sent(3, t0);
+        w.mark_sent(4, t0);
+        assert!(w.due(t0 + Duration::from_secs(1), timeout).is_empty());
+        assert_eq!(w.due(t0 + timeout, timeout), [3, 4], "unacked past the timeout");
+        assert_eq!(w.ack(3), Some(10));
+        assert_eq!(w.ack(3), None, "a duplicate ack is harmless");
+        w.connection_reset();
+        assert_eq!(w.due(t0, timeout), [4]);
+        assert!(w.get(4).unwrap().resend);
+        assert_eq!(w.free(), 1);
+    }
+}

@@ -1,0 +1,27 @@
+//! What the sensor-node firmware, the gateway agent and the cloud collector must agree on.
+//!
+//! `no_std` by default so the firmware compiles the very same frame code as the agent; the `alloc`
+//! feature adds the heap-backed uplink types and `std` adds `std::error::Error` impls.
+//!
+//! # Layout
+//! - [`id`]: validation of agent and sensor identifiers (they become MQTT topic levels and InfluxDB tags).
+//! - [`frame`]: the serial frame a sensor node sends (COBS + version byte + postcard + CRC-32) and its
+//!   incremental, never-panicking decoder.
+//! - [`model`] (`alloc`): reading, event, command and ack.
+//! - [`batch`] (`alloc`): the uplink batch an agent sends to the collector, and its versioned wire format.
+//! - [`units`]: human-readable durations and sizes for config files (`"250ms"`, `"64MiB"`).
+//! - [`topic`]: the versioned MQTT topic scheme `edgeloop/v1/{agent}/{channel}`.
+#![cfg_attr(not(any(feature = "std", test)), no_std)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod frame;
+pub mod id;
+pub mod topic;
+pub mod units;
+
+#[cfg(feature = "alloc")]
+pub mod batch;
+#[cfg(feature = "alloc")]
+pub mod model;

@@ -1,0 +1,145 @@
+//! The data model both ends share: readings, events, acks and commands.
+//!
+//! Ack and command travel as versioned messages ([`to_wire`] / [`from_wire`]); readings and events
+//! travel inside a [`crate::batch::Batch`].
+
+use alloc::{string::String, vec::Vec};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Version byte in front of every MQTT payload edgeloop writes (batches, acks, commands).
+pub const WIRE_VERSION: u8 = 1;
+
+/// One value of one sensor at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub sensor: String,
+    /// Nanoseconds since the Unix epoch, UTC.
+    pub ts_ns: i64,
+    pub value: f64,
+}
+
+/// How much an event matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Severity {
+    Info,
+    Warning,
+    Trip,
+}
+
+/// What happened. New variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A rule fired.
+    Trip,
+    /// A rule's condition cleared (a latched trip stays tripped until [`EventKind::Reset`]).
+    Clear,
+    /// A latched trip was reset.
+    Reset,
+    /// A sensor sent nothing for longer than allowed.
+    SensorStale,
+    /// A stale sensor is sending again.
+    SensorRecovered,
+    /// The agent's buffer was full and dropped this many telemetry readings.
+    Dropped { readings: u64 },
+}
+
+/// Something the agent noticed, sent ahead of telemetry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts_ns: i64,
+    pub kind: EventKind,
+    pub severity: Severity,
+    /// The rule or sensor the event is about.
+    pub subject: String,
+    pub message: String,
+    /// The values that caused it, by name.
+    pub values: Vec<(String, f64)>,
+}
+
+/// The collector's end-to-end answer to a batch, sent on the agent's `ack` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub seq: u64,
+    pub status: AckStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum AckStatus {
+    /// Every point of the batch is in the database (or already was: a replay).
+    Stored { points: u32 },
+    /// The database refused the batch for good (it will never be stored); `reason` says why.
+    Rejected { reason: String },
+}
+
+/// An instruction from the collector to one agent, on the agent's `cmd` topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    pub id: u64,
+    pub issued_ns: i64,
+    pub action: CommandAction,
+}
+
+/// New variants are only ever appended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandAction {
+    /// Stop the machine behind this agent, as a rule trip would.
+    Shutdown { reason: String },
+    /// Release the latch of one rule.
+    ResetLatch { rule: String },
+}
+
+/// Why an MQTT payload was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WireError {
+    #[error("payload is empty")]
+    Empty,
+    #[error("payload version {found} is not supported (this build speaks version {WIRE_VERSION})")]
+    Version { found: u8 },
+    #[error("payload does not decode: {0}")]
+    Codec(postcard::Error),
+    #[error("payload has {0} unexpected trailing bytes")]
+    Trailing(usize),
+    #[error("{what} is invalid: {reason}")]
+    Invalid { what: String, reason: String },
+}
+
+/// Serialises `msg` behind the wire version byte.
+pub fn to_wire<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
+    postcard::to_extend(msg, alloc::vec![WIRE_VERSION]).map_err(WireError::Codec)
+}
+
+/// Checks the version byte and decodes the rest; trailing bytes are an error, not silently ignored.
+pub fn from_wire<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
+    if version != WIRE_VERSION {
+        return Err(WireError::Version { found: version });
+    }
+    let (msg, rest) = postcard::take_from_bytes(body).map_err(WireError::Codec)?;
+    if !rest.is_empty() {
+        return Err(WireError::Trailing(rest.len()));
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_and_commands_round_trip() {
+        let ack = Ack { seq: 42, status: AckStatus::Stored { points: 1000 } };
+        assert_eq!(from_wire::<Ack>(&to_wire(&ack).unwrap()), Ok(ack));
+        let cmd = Command { id: 7, issued_ns: 1, action: CommandAction::ResetLatch { rule: "overtemp".into() } };
+        assert_eq!(from_wire::<Command>(&to_wire(&cmd).unwrap()), Ok(cmd));
+    }
+
+    #[test]
+    fn malformed_payloads_are_named() {
+        assert_eq!(from_wire::<Ack>(&[]), Err(WireError::Empty));
+        assert_eq!(from_wire::<Ack>(&[9, 1, 2]), Err(WireError::Version { found: 9 }));
+        assert!(matches!(from_wire::<Ack>(&[WIRE_VERSION]), Err(WireError::Codec(_))));
+        let mut bytes = to_wire(&Ack { seq: 1, status: AckStatus::Stored { points: 1 } }).unwrap();
+        bytes.push(0);
+        assert_eq!(from_wire::<Ack>(&bytes), Err(WireError::Trailing(1)));
+    }
+}
