@@ -11,10 +11,8 @@
 //! - [`sources`]: where readings come from (one file per kind of source).
 //! - [`buffer`]: the durable sled buffer and the group-commit intake task.
 //! - [`forwarder`]: the uplink's in-flight window and its MQTT transport.
-//! - [`backoff`]: jittered exponential reconnect delays.
 //! - [`stats`]: the agent's counters.
 
-pub mod backoff;
 pub mod buffer;
 pub mod config;
 pub mod forwarder;

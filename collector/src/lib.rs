@@ -1,1 +1,109 @@
+//! The edgeloop collector: the cloud end. Agents publish batches to its MQTT broker (embedded
+//! rumqttd by default); it stores them in InfluxDB and acknowledges each batch to its agent only
+//! once the database has it.
+//!
+//! ```text
+//! agents ──MQTT──► broker ──► ingest (decode, check sender, dedup) ──► store (InfluxDB v1/v2, local)
+//!    ▲                                                                     │
+//!    └──────────────────────── ack on edgeloop/v1/{agent}/ack ◄─────────────┘
+//! ```
+//!
+//! # Layout
+//! - [`config`]: the TOML config, strict parsing and validation.
+//! - [`broker`]: the embedded rumqttd broker.
+//! - [`ingest`]: the MQTT consumer, its per-batch pipeline and the dedup window.
+//! - [`store`]: InfluxDB (both write APIs), the embedded local store, line protocol.
+//! - [`stats`]: the collector's counters.
 
+pub mod broker;
+pub mod config;
+pub mod ingest;
+pub mod stats;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    broker::{BrokerError, BrokerHandle},
+    config::{BrokerConfig, CollectorConfig},
+    ingest::IngestSettings,
+    stats::CollectorStats,
+    store::{Store, StoreError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// A running collector.
+pub struct Collector {
+    pub stats: Arc<CollectorStats>,
+    pub store: Arc<Store>,
+    broker: Option<BrokerHandle>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Collector {
+    /// The embedded broker's address, when the collector runs one.
+    pub fn broker_addr(&self) -> Option<SocketAddr> {
+        self.broker.as_ref().map(|b| b.addr)
+    }
+
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+        if let Some(b) = &self.broker {
+            b.stop_listening();
+        }
+    }
+
+    pub async fn wait(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// A random secret for the collector's own broker login (no extra dependency: std's hasher keys
+/// are randomly seeded per process).
+fn random_secret() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let s = RandomState::new();
+    format!("{:016x}{:016x}", s.hash_one(1u8), s.hash_one(2u8))
+}
+
+/// Opens the store, starts the broker (when embedded) and the ingest task.
+pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Result<Collector, StartError> {
+    let store = Arc::new(Store::open(&config.store)?);
+    let stats = Arc::new(CollectorStats::default());
+    let tasks = TaskTracker::new();
+    let ing = &config.ingest;
+    let (broker, host, port, username, password) = match &config.broker {
+        BrokerConfig::Embedded(cfg) => {
+            let internal = (!cfg.users.is_empty()).then(|| (format!("{}-internal", ing.client_id), random_secret()));
+            let handle = broker::start(cfg, internal.clone()).await?;
+            let (host, port) = (handle.connect_addr.ip().to_string(), handle.connect_addr.port());
+            let (u, p) = internal.unzip();
+            (Some(handle), host, port, u, p)
+        }
+        BrokerConfig::External(cfg) => (None, cfg.host.clone(), cfg.port, cfg.username.clone(), cfg.password.clone()),
+    };
+    let settings = IngestSettings {
+        host,
+        port,
+        username,
+        password,
+        client_id: ing.client_id.clone(),
+        max_in_flight: ing.max_in_flight,
+        dedup_window: ing.dedup_window,
+        retry_min: ing.retry_min.0,
+        retry_max: ing.retry_max.0,
+    };
+    tasks.spawn(ingest::run(settings, store.clone(), stats.clone(), shutdown.clone()));
+    Ok(Collector { stats, store, broker, tasks, shutdown })
+}

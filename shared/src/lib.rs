@@ -4,6 +4,7 @@
 //! feature adds the heap-backed uplink types and `std` adds `std::error::Error` impls.
 //!
 //! # Layout
+//! - [`backoff`]: jittered exponential retry delays (reconnects, database retries).
 //! - [`id`]: validation of agent and sensor identifiers (they become MQTT topic levels and InfluxDB tags).
 //! - [`frame`]: the serial frame a sensor node sends (COBS + version byte + postcard + CRC-32) and its
 //!   incremental, never-panicking decoder.
@@ -16,6 +17,7 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+pub mod backoff;
 pub mod frame;
 pub mod id;
 pub mod topic;

@@ -43,6 +43,30 @@ pub enum EventKind {
     Dropped { readings: u64 },
 }
 
+impl EventKind {
+    /// A stable lower-case name, e.g. for a database tag.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            EventKind::Trip => "trip",
+            EventKind::Clear => "clear",
+            EventKind::Reset => "reset",
+            EventKind::SensorStale => "sensor_stale",
+            EventKind::SensorRecovered => "sensor_recovered",
+            EventKind::Dropped { .. } => "dropped",
+        }
+    }
+}
+
+impl Severity {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Trip => "trip",
+        }
+    }
+}
+
 /// Something the agent noticed, sent ahead of telemetry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {

@@ -11,6 +11,7 @@ use std::{
 };
 
 use edgeloop_shared::{
+    backoff::Backoff,
     model::{Ack, AckStatus, from_wire},
     topic::{Channel, topic},
 };
@@ -20,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::window::Window;
 use crate::{
-    backoff::Backoff,
     buffer::{Buffer, BufferError},
     stats::AgentStats,
 };
@@ -74,7 +74,7 @@ pub async fn run(
     let poll_shutdown = shutdown.clone();
     let agent = settings.agent.clone();
     let poll_ack_topic = ack_topic.clone();
-    let mut backoff = Backoff::new(settings.reconnect_min, settings.reconnect_max);
+    let mut backoff = Backoff::seeded(settings.reconnect_min, settings.reconnect_max);
     let poller = tokio::spawn(async move {
         loop {
             let event = tokio::select! {

@@ -1,7 +1,7 @@
 //! Exponential reconnect backoff with full jitter, so a fleet that lost its broker at the same
 //! moment does not reconnect in lockstep.
 
-use std::time::Duration;
+use core::time::Duration;
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -12,12 +12,18 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0x2545_f491, |d| d.subsec_nanos() as u64)
-            ^ (std::process::id() as u64) << 32;
+    /// `seed` spreads the jitter of different clients; any value works, distinct ones are better.
+    pub fn new(min: Duration, max: Duration, seed: u64) -> Self {
         Self { min, max: max.max(min), current: min, rng: seed | 1 }
+    }
+
+    /// A backoff seeded from the clock and the process id.
+    #[cfg(feature = "std")]
+    pub fn seeded(min: Duration, max: Duration) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x2545_f491, |d| d.subsec_nanos() as u64);
+        Self::new(min, max, nanos ^ (std::process::id() as u64) << 32)
     }
 
     /// The next delay: uniformly random in `[min, current]`, then `current` doubles up to `max`.
@@ -45,7 +51,7 @@ mod tests {
     #[test]
     fn grows_to_the_cap_within_bounds_and_resets() {
         let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
-        let mut b = Backoff::new(min, max);
+        let mut b = Backoff::new(min, max, 7);
         let mut ceiling = min;
         for _ in 0..20 {
             let d = b.next_delay();

@@ -1,0 +1,286 @@
+//! The collector's config file: strict TOML, then a validation pass that reports every problem.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use edgeloop_shared::units::{ByteSize, HumanDuration};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    pub store: StoreConfig,
+}
+
+/// The MQTT broker the agents publish to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum BrokerConfig {
+    /// rumqttd inside the collector process (the default).
+    Embedded(EmbeddedBroker),
+    /// A broker the site already runs.
+    External(ExternalBroker),
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig::Embedded(EmbeddedBroker::default())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedBroker {
+    /// Where agents connect. Port 0 picks a free port (tests, the demo).
+    pub listen: SocketAddr,
+    /// Largest MQTT payload accepted; bigger publishes are refused by the broker.
+    pub max_payload: ByteSize,
+    pub max_connections: usize,
+    /// Agent credentials (user → password). Without any, the broker accepts every client.
+    pub users: BTreeMap<String, String>,
+}
+
+impl Default for EmbeddedBroker {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_payload: ByteSize(4 << 20),
+            max_connections: 10_000,
+            users: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalBroker {
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// MQTT client id of the collector's consumer. Its session persists across reconnects, so
+    /// keep it stable; give each collector of a fleet its own.
+    pub client_id: String,
+    /// Un-acknowledged telemetry messages the broker may push to this collector at once.
+    pub max_in_flight: u16,
+    /// Recent batch sequence numbers remembered per agent to answer re-sends without rewriting.
+    pub dedup_window: usize,
+    pub retry_min: HumanDuration,
+    pub retry_max: HumanDuration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            client_id: "edgeloop-collector".into(),
+            max_in_flight: 64,
+            dedup_window: 4096,
+            retry_min: HumanDuration(std::time::Duration::from_millis(100)),
+            retry_max: HumanDuration(std::time::Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Where readings are stored.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoreConfig {
+    /// InfluxDB 1.x `/write` API (also InfluxDB 2.x's v1 compatibility endpoint, VictoriaMetrics).
+    InfluxV1(InfluxV1Config),
+    /// InfluxDB v2 `/api/v2/write` API (InfluxDB 2.x, 3.x, Cloud; VictoriaMetrics).
+    InfluxV2(InfluxV2Config),
+    /// An embedded store in a local directory: for the demo and for trying edgeloop without a database.
+    Local(LocalStoreConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxV1Config {
+    pub url: String,
+    pub database: String,
+    pub retention_policy: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Measurement of readings (tags `agent`, `sensor`; field `value`).
+    #[serde(default = "default_measurement")]
+    pub measurement: String,
+    /// Measurement of agent events (trips, stale sensors, drops).
+    #[serde(default = "default_events_measurement")]
+    pub events_measurement: String,
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxV2Config {
+    pub url: String,
+    pub org: String,
+    pub bucket: String,
+    pub token: Option<String>,
+    /// Measurement of readings (tags `agent`, `sensor`; field `value`).
+    #[serde(default = "default_measurement")]
+    pub measurement: String,
+    /// Measurement of agent events (trips, stale sensors, drops).
+    #[serde(default = "default_events_measurement")]
+    pub events_measurement: String,
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_measurement() -> String {
+    "readings".into()
+}
+fn default_events_measurement() -> String {
+    "events".into()
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(10))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalStoreConfig {
+    pub path: PathBuf,
+}
+
+/// One thing wrong with a config, located by its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+impl CollectorConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: CollectorConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let problems = config.problems();
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: path.into(), problems }) }
+    }
+
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |key: &str, message: String| out.push(Problem { key: key.into(), message });
+        let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+        match &self.store {
+            StoreConfig::InfluxV1(c) => {
+                if !url_ok(&c.url) {
+                    problem("store.url", format!("{:?} must start with http:// or https://", c.url));
+                }
+                if c.database.is_empty() {
+                    problem("store.database", "must name the InfluxDB database".into());
+                }
+                if c.username.is_some() != c.password.is_some() {
+                    problem("store.username", "set both username and password, or neither".into());
+                }
+                check_measurements(&c.measurement, &c.events_measurement, &mut problem);
+            }
+            StoreConfig::InfluxV2(c) => {
+                if !url_ok(&c.url) {
+                    problem("store.url", format!("{:?} must start with http:// or https://", c.url));
+                }
+                if c.bucket.is_empty() {
+                    problem("store.bucket", "must name the bucket".into());
+                }
+                check_measurements(&c.measurement, &c.events_measurement, &mut problem);
+            }
+            StoreConfig::Local(c) => {
+                if c.path.as_os_str().is_empty() {
+                    problem("store.path", "must name a directory".into());
+                }
+            }
+        }
+        if let BrokerConfig::Embedded(b) = &self.broker
+            && b.max_payload.0 < 1024
+        {
+            problem("broker.max_payload", "must be at least 1KiB".into());
+        }
+        if self.ingest.max_in_flight == 0 {
+            problem("ingest.max_in_flight", "must be at least 1".into());
+        }
+        if self.ingest.client_id.is_empty() {
+            problem("ingest.client_id", "must not be empty".into());
+        }
+        out
+    }
+}
+
+fn check_measurements(measurement: &str, events: &str, problem: &mut impl FnMut(&str, String)) {
+    for (key, name) in [("store.measurement", measurement), ("store.events_measurement", events)] {
+        if let Err(e) = edgeloop_shared::id::validate(name) {
+            problem(key, format!("{name:?} is not a usable measurement name: {e}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<CollectorConfig, ConfigError> {
+        CollectorConfig::parse(text, Path::new("collector.toml"))
+    }
+
+    #[test]
+    fn defaults_to_the_embedded_broker() {
+        let c = parse("[store]\nkind = \"local\"\npath = \"/tmp/x\"\n").unwrap();
+        let BrokerConfig::Embedded(b) = c.broker else { panic!("embedded by default") };
+        assert_eq!(b.listen.port(), 1883);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = parse("[store]\nkind = \"influx_v1\"\nurl = \"localhost:8086\"\ndatabase = \"\"\nmeasurement = \"a b\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.url") && err.contains("store.database") && err.contains("store.measurement"), "{err}");
+        let err = parse("[store]\nkind = \"influx_v3\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("influx_v3") && err.contains("influx_v1"), "{err}");
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/collector.example.toml");
+        CollectorConfig::load(&path).unwrap();
+    }
+}

@@ -1,0 +1,194 @@
+//! The telemetry consumer.
+//!
+//! For each message on `edgeloop/v1/+/telemetry`, in arrival order: decode and validate the
+//! batch, check that its agent id is the topic's, write it to the store (retrying transient
+//! failures with backoff), publish the agent's ack, and only then acknowledge the MQTT message.
+//! A collector that dies anywhere before the ack leaves the batch with the agent, which sends it
+//! again. While the store is down nothing is acknowledged, so the broker stops delivering once its
+//! in-flight window is full and the backlog stays on the agents' disks.
+
+use std::{
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use edgeloop_shared::{
+    backoff::Backoff,
+    batch::Batch,
+    model::{Ack, AckStatus, to_wire},
+    topic::{self, Channel},
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::dedup::Dedup;
+use crate::{
+    stats::CollectorStats,
+    store::{Store, StoreError},
+};
+
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub client_id: String,
+    pub max_in_flight: u16,
+    pub dedup_window: usize,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+/// What became of one message.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Ack { agent: String, ack: Ack },
+    Drop,
+}
+
+/// Runs the consumer until `shutdown`.
+pub async fn run(settings: IngestSettings, store: Arc<Store>, stats: Arc<CollectorStats>, shutdown: CancellationToken) {
+    let mut opts = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
+    opts.set_keep_alive(Duration::from_secs(15))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        .set_inflight(settings.max_in_flight.max(1))
+        .set_max_packet_size(64 << 20, 1 << 20);
+    if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
+        opts.set_credentials(u, p);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let mut net = NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(5);
+    eventloop.set_network_options(net);
+
+    // The broker sends at most its in-flight limit of un-acked messages, so this never fills up.
+    let (tx, mut rx) = mpsc::channel::<Publish>(4096);
+    let poll_client = client.clone();
+    let poll_shutdown = shutdown.clone();
+    let mut backoff = Backoff::seeded(settings.retry_min, settings.retry_max);
+    let filter = topic::all_agents(Channel::Telemetry);
+    let poller = tokio::spawn(async move {
+        loop {
+            let event = tokio::select! {
+                e = eventloop.poll() => e,
+                _ = poll_shutdown.cancelled() => break,
+            };
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                    backoff.reset();
+                    tracing::info!(session_present = c.session_present, "ingest connected to the broker");
+                    if poll_client.try_subscribe(&filter, QoS::AtLeastOnce).is_err() {
+                        tracing::error!("cannot queue the telemetry subscription");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send(p).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "ingest lost the broker");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = poll_shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+    });
+
+    let mut dedup = Dedup::new(settings.dedup_window);
+    let mut retry = Backoff::seeded(settings.retry_min, settings.retry_max);
+    loop {
+        let publish = tokio::select! {
+            p = rx.recv() => match p { Some(p) => p, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let Some(outcome) = handle(&publish, &store, &stats, &mut dedup, &mut retry, &shutdown).await else {
+            break; // shutting down mid-write: leave the message un-acked, the agent re-sends it
+        };
+        if let Outcome::Ack { agent, ack } = outcome {
+            match to_wire(&ack) {
+                Ok(bytes) => {
+                    if let Err(e) = client.publish(topic::topic(&agent, Channel::Ack), QoS::AtLeastOnce, false, bytes).await {
+                        tracing::warn!(%agent, seq = ack.seq, error = %e, "cannot queue the ack; the agent will re-send");
+                    }
+                }
+                Err(e) => tracing::error!(%agent, error = %e, "cannot encode an ack"),
+            }
+        }
+        if let Err(e) = client.ack(&publish).await {
+            tracing::warn!(error = %e, "cannot acknowledge a message to the broker");
+        }
+    }
+    poller.abort();
+}
+
+/// Decides, stores and returns what to answer; `None` when shutdown interrupted a retry.
+async fn handle(
+    publish: &Publish,
+    store: &Store,
+    stats: &CollectorStats,
+    dedup: &mut Dedup,
+    retry: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Option<Outcome> {
+    stats.batches_received.fetch_add(1, Relaxed);
+    let Some((agent, Channel::Telemetry)) = topic::parse(&publish.topic) else {
+        stats.malformed.fetch_add(1, Relaxed);
+        tracing::warn!(topic = %publish.topic, "message on a topic that is not an agent's telemetry; dropped");
+        return Some(Outcome::Drop);
+    };
+    let batch = match Batch::decode(&publish.payload) {
+        Ok(b) => b,
+        Err(e) => {
+            stats.malformed.fetch_add(1, Relaxed);
+            tracing::warn!(agent, bytes = publish.payload.len(), error = %e, "malformed batch dropped");
+            return Some(Outcome::Drop);
+        }
+    };
+    if batch.agent != agent {
+        stats.spoofed.fetch_add(1, Relaxed);
+        tracing::warn!(topic_agent = agent, batch_agent = %batch.agent, seq = batch.seq, "batch claims another agent's id; dropped");
+        return Some(Outcome::Drop);
+    }
+    let points = batch.point_count() as u32;
+    let ack = |status| Some(Outcome::Ack { agent: agent.to_owned(), ack: Ack { seq: batch.seq, status } });
+    if dedup.seen(agent, batch.seq) {
+        stats.duplicates.fetch_add(1, Relaxed);
+        return ack(AckStatus::Stored { points });
+    }
+    loop {
+        match store.write(&batch).await {
+            Ok(()) => {
+                retry.reset();
+                dedup.record(agent, batch.seq);
+                stats.stored(agent, batch.seq, points as u64);
+                return ack(AckStatus::Stored { points });
+            }
+            Err(StoreError::Rejected(reason)) => {
+                stats.rejected.fetch_add(1, Relaxed);
+                tracing::error!(agent, seq = batch.seq, points, %reason, "database refused a batch for good");
+                return ack(AckStatus::Rejected { reason });
+            }
+            Err(e) => {
+                stats.write_retries.fetch_add(1, Relaxed);
+                let delay = match &e {
+                    StoreError::Transient { retry_after: Some(d), .. } => *d,
+                    _ => retry.next_delay(),
+                };
+                tracing::warn!(agent, seq = batch.seq, error = %e, retry_in = ?delay, "store write failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! InfluxDB line protocol for batches.
+//!
+//! `readings,agent=<agent>,sensor=<sensor> value=<f64> <ts_ns>`: a point is identified by
+//! measurement, tags and timestamp, so writing a batch twice leaves one copy of each point.
+//! Events: `events,agent=..,subject=..,kind=..,severity=.. message="..",<value names>=.. <ts_ns>`.
+
+use std::fmt::Write;
+
+use edgeloop_shared::{batch::Batch, model::EventKind};
+
+/// Appends the lines of `batch` to `out`.
+pub fn encode_batch(out: &mut String, measurement: &str, events_measurement: &str, batch: &Batch) {
+    for series in &batch.series {
+        // The series key is the same for every point of the series: build it once.
+        let start = out.len();
+        escape(out, measurement, Kind::Measurement);
+        out.push_str(",agent=");
+        escape(out, &batch.agent, Kind::Tag);
+        out.push_str(",sensor=");
+        escape(out, &series.sensor, Kind::Tag);
+        out.push_str(" value=");
+        let key_end = out.len();
+        for (i, p) in series.points.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_within(start..key_end);
+            }
+            let _ = write!(out, "{:?} {}", p.value, p.ts_ns);
+            out.push('\n');
+        }
+    }
+    for e in &batch.events {
+        escape(out, events_measurement, Kind::Measurement);
+        out.push_str(",agent=");
+        escape(out, &batch.agent, Kind::Tag);
+        out.push_str(",subject=");
+        escape(out, &e.subject, Kind::Tag);
+        let _ = write!(out, ",kind={},severity={} message=\"", e.kind.name(), e.severity.name());
+        escape(out, &e.message, Kind::StringField);
+        out.push('"');
+        if let EventKind::Dropped { readings } = e.kind {
+            let _ = write!(out, ",dropped_readings={readings}i");
+        }
+        for (name, value) in &e.values {
+            if value.is_finite() {
+                out.push(',');
+                escape(out, name, Kind::Tag);
+                let _ = write!(out, "={value:?}");
+            }
+        }
+        let _ = writeln!(out, " {}", e.ts_ns);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Measurement,
+    /// Tag keys, tag values and field keys share one escaping rule.
+    Tag,
+    StringField,
+}
+
+fn escape(out: &mut String, s: &str, kind: Kind) {
+    for c in s.chars() {
+        let needs = match kind {
+            Kind::Measurement => matches!(c, ',' | ' '),
+            Kind::Tag => matches!(c, ',' | ' ' | '='),
+            Kind::StringField => matches!(c, '"' | '\\'),
+        };
+        if needs {
+            out.push('\\');
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgeloop_shared::{
+        batch::{Point, Series},
+        model::{Event, Severity},
+    };
+
+    #[test]
+    fn readings_and_events_become_lines() {
+        let batch = Batch {
+            agent: "gw-1".into(),
+            seq: 1,
+            series: vec![Series {
+                sensor: "press-3.temp".into(),
+                points: vec![Point { ts_ns: 1_700_000_000_000_000_001, value: 21.5 }, Point { ts_ns: 2, value: 3.0 }],
+            }],
+            events: vec![Event {
+                ts_ns: 5,
+                kind: EventKind::Dropped { readings: 12 },
+                severity: Severity::Warning,
+                subject: "buffer".into(),
+                message: "full, \"oldest\" dropped".into(),
+                values: vec![("fill ratio".into(), 1.0), ("nan".into(), f64::NAN)],
+            }],
+        };
+        let mut out = String::new();
+        encode_batch(&mut out, "readings", "events", &batch);
+        assert_eq!(
+            out,
+            "readings,agent=gw-1,sensor=press-3.temp value=21.5 1700000000000000001\n\
+             readings,agent=gw-1,sensor=press-3.temp value=3.0 2\n\
+             events,agent=gw-1,subject=buffer,kind=dropped,severity=warning message=\"full, \\\"oldest\\\" dropped\",dropped_readings=12i,fill\\ ratio=1.0 5\n"
+        );
+    }
+
+    #[test]
+    fn extreme_floats_stay_parseable() {
+        let mut out = String::new();
+        let batch = Batch {
+            agent: "a".into(),
+            seq: 0,
+            series: vec![Series { sensor: "s".into(), points: vec![Point { ts_ns: 1, value: 1e300 }, Point { ts_ns: 2, value: -1e-300 }] }],
+            events: vec![],
+        };
+        encode_batch(&mut out, "m", "e", &batch);
+        assert_eq!(out, "m,agent=a,sensor=s value=1e300 1\nm,agent=a,sensor=s value=-1e-300 2\n");
+    }
+}

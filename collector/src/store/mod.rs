@@ -1,0 +1,58 @@
+//! Where batches end up.
+//!
+//! - [`influx`]: InfluxDB over HTTP, v1 and v2 write APIs.
+//! - [`local`]: an embedded sled store, for the demo and for trying edgeloop without a database.
+//! - [`line_protocol`]: the InfluxDB line protocol encoder.
+
+pub mod influx;
+pub mod line_protocol;
+pub mod local;
+
+use std::time::Duration;
+
+use edgeloop_shared::batch::Batch;
+
+use crate::config::StoreConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Worth retrying: the database is down, slow, overloaded or misconfigured on its side.
+    #[error("write failed, will retry: {reason}")]
+    Transient { reason: String, retry_after: Option<Duration> },
+    /// The database refused the data itself; retrying cannot help.
+    #[error("write refused: {0}")]
+    Rejected(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+pub enum Store {
+    Influx(influx::InfluxStore),
+    Local(local::LocalStore),
+}
+
+impl Store {
+    pub fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        Ok(match config {
+            StoreConfig::InfluxV1(c) => Store::Influx(influx::InfluxStore::v1(c)?),
+            StoreConfig::InfluxV2(c) => Store::Influx(influx::InfluxStore::v2(c)?),
+            StoreConfig::Local(c) => Store::Local(local::LocalStore::open(&c.path)?),
+        })
+    }
+
+    /// Writes every point and event of `batch`. Idempotent: writing a batch twice stores it once.
+    pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+        match self {
+            Store::Influx(s) => s.write(batch).await,
+            Store::Local(s) => s.write(batch).await,
+        }
+    }
+
+    /// The embedded store, when that is what runs (the demo counts from it).
+    pub fn local(&self) -> Option<&local::LocalStore> {
+        match self {
+            Store::Local(s) => Some(s),
+            Store::Influx(_) => None,
+        }
+    }
+}
