@@ -3,7 +3,11 @@
 //! Parse errors (unknown keys, wrong types, bad units) come from the TOML parser with line and
 //! column; validation problems name the table key (`sources.press-3.period`) and say how to fix it.
 
-use std::{collections::BTreeMap, fmt, path::{Path, PathBuf}};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use edgeloop_shared::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
@@ -77,7 +81,10 @@ pub struct BufferConfig {
 
 impl Default for BufferConfig {
     fn default() -> Self {
-        Self { flush_interval: HumanDuration(std::time::Duration::from_millis(20)), cache: ByteSize(16 << 20) }
+        Self {
+            flush_interval: HumanDuration(std::time::Duration::from_millis(20)),
+            cache: ByteSize(16 << 20),
+        }
     }
 }
 
@@ -128,41 +135,66 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, problems: Vec<Problem> },
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
 }
 
 impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates config text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: AgentConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let config: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         let problems = config.problems();
         if problems.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigError::Invalid { path: path.into(), problems })
+            Err(ConfigError::Invalid {
+                path: path.into(),
+                problems,
+            })
         }
     }
 
     /// Every problem the file has, not just the first.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        let mut problem = |key: &str, message: String| out.push(Problem { key: key.into(), message });
+        let mut problem = |key: &str, message: String| {
+            out.push(Problem {
+                key: key.into(),
+                message,
+            })
+        };
         if let Err(e) = edgeloop_shared::id::validate(&self.agent.id) {
-            problem("agent.id", format!("{:?} is not a valid id: {e}", self.agent.id));
+            problem(
+                "agent.id",
+                format!("{:?} is not a valid id: {e}", self.agent.id),
+            );
         }
         if self.agent.data_dir.as_os_str().is_empty() {
-            problem("agent.data_dir", "must name a directory for the durable buffer".into());
+            problem(
+                "agent.data_dir",
+                "must name a directory for the durable buffer".into(),
+            );
         }
         let u = &self.uplink;
         if u.in_flight == 0 {
@@ -172,26 +204,42 @@ impl AgentConfig {
             problem("uplink.batch_max_readings", "must be at least 1".into());
         }
         if u.keep_alive.0 < std::time::Duration::from_secs(1) {
-            problem("uplink.keep_alive", "must be at least 1s (MQTT counts keep-alive in seconds)".into());
+            problem(
+                "uplink.keep_alive",
+                "must be at least 1s (MQTT counts keep-alive in seconds)".into(),
+            );
         }
         if u.reconnect_min.0.is_zero() || u.reconnect_min > u.reconnect_max {
-            problem("uplink.reconnect_min", "must be above zero and not above uplink.reconnect_max".into());
+            problem(
+                "uplink.reconnect_min",
+                "must be above zero and not above uplink.reconnect_max".into(),
+            );
         }
         if u.ack_timeout.0 < std::time::Duration::from_millis(100) {
             problem("uplink.ack_timeout", "must be at least 100ms".into());
         }
         if self.buffer.flush_interval.0.is_zero() {
-            problem("buffer.flush_interval", "must be above zero, e.g. \"20ms\"".into());
+            problem(
+                "buffer.flush_interval",
+                "must be above zero, e.g. \"20ms\"".into(),
+            );
         }
         if self.buffer.cache.0 < 1 << 20 {
             problem("buffer.cache", "must be at least 1MiB".into());
         }
         if self.sources.is_empty() {
-            problem("sources", "no source is configured; add e.g. [sources.press-3] with kind = \"simulated\"".into());
+            problem(
+                "sources",
+                "no source is configured; add e.g. [sources.press-3] with kind = \"simulated\""
+                    .into(),
+            );
         }
         for (id, source) in &self.sources {
             if let Err(e) = edgeloop_shared::id::validate(id) {
-                problem(&format!("sources.{id}"), format!("{id:?} is not a valid source id: {e}"));
+                problem(
+                    &format!("sources.{id}"),
+                    format!("{id:?} is not a valid source id: {e}"),
+                );
             }
             match source {
                 SourceConfig::Simulated(sim) => {
@@ -238,7 +286,13 @@ period = "10ms"
         let text = GOOD.replace("period = \"10ms\"", "period = \"10ms\"\nperiode = \"5ms\"");
         let err = parse(&text).unwrap_err().to_string();
         // Inside an internally tagged table the parser can only point at the table's header line.
-        assert!(err.contains("agent.toml") && err.contains("line 6") && err.contains("[sources.press-3]") && err.contains("periode"), "{err}");
+        assert!(
+            err.contains("agent.toml")
+                && err.contains("line 6")
+                && err.contains("[sources.press-3]")
+                && err.contains("periode"),
+            "{err}"
+        );
         let text = GOOD.replace("[agent]", "[agent]\nflavour = 1");
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("line 3") && err.contains("flavour"), "{err}");
@@ -246,17 +300,32 @@ period = "10ms"
 
     #[test]
     fn bad_units_say_what_was_expected() {
-        let err = parse(&GOOD.replace("\"10ms\"", "\"10 fortnights\"")).unwrap_err().to_string();
-        assert!(err.contains("10 fortnights") && err.contains("ms") && err.contains("line 6"), "{err}");
+        let err = parse(&GOOD.replace("\"10ms\"", "\"10 fortnights\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("10 fortnights") && err.contains("ms") && err.contains("line 6"),
+            "{err}"
+        );
     }
 
     #[test]
     fn validation_reports_every_problem_by_key() {
         let text = GOOD.replace("gw-1", "gw/1").replace("\"10ms\"", "\"0ms\"")
             + "[uplink]\nin_flight = 0\n[buffer]\nflush_interval = \"0s\"\n";
-        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("must be invalid") };
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else {
+            panic!("must be invalid")
+        };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["agent.id", "uplink.in_flight", "buffer.flush_interval", "sources.press-3.period"]);
+        assert_eq!(
+            keys,
+            [
+                "agent.id",
+                "uplink.in_flight",
+                "buffer.flush_interval",
+                "sources.press-3.period"
+            ]
+        );
     }
 
     #[test]

@@ -38,10 +38,16 @@ const INTAKE_QUEUE: usize = 16_384;
 pub struct Agent {
     pub stats: Arc<AgentStats>,
     tasks: TaskTracker,
+    sources: CancellationToken,
     shutdown: CancellationToken,
 }
 
 impl Agent {
+    /// Stops the sources only: the buffer and uplink keep running, so the backlog can drain.
+    pub fn stop_sources(&self) {
+        self.sources.cancel();
+    }
+
     /// Asks every stage to stop; the intake commits what it holds and the forwarder flushes.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
@@ -66,9 +72,15 @@ pub fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<Agent,
     let (committed_tx, committed_rx) = watch::channel(0);
 
     // Sources stop on their own token so the intake can drain after them.
-    let sources_done = shutdown.child_token();
+    let sources = shutdown.child_token();
     for (id, source) in &config.sources {
-        tasks.spawn(sources::run(id.clone(), source.clone(), readings_tx.clone(), stats.clone(), sources_done.clone()));
+        tasks.spawn(sources::run(
+            id.clone(),
+            source.clone(),
+            readings_tx.clone(),
+            stats.clone(),
+            sources.clone(),
+        ));
     }
     drop(readings_tx);
 
@@ -79,7 +91,9 @@ pub fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<Agent,
     };
     let (buf, st, sd) = (buffer.clone(), stats.clone(), shutdown.clone());
     tasks.spawn(async move {
-        if let Err(e) = buffer::run_intake(intake, buf, readings_rx, committed_tx, st, sd.clone()).await {
+        if let Err(e) =
+            buffer::run_intake(intake, buf, readings_rx, committed_tx, st, sd.clone()).await
+        {
             tracing::error!(error = %e, "buffer intake failed; stopping the agent");
             sd.cancel();
         }
@@ -105,5 +119,10 @@ pub fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<Agent,
             sd.cancel();
         }
     });
-    Ok(Agent { stats, tasks, shutdown })
+    Ok(Agent {
+        stats,
+        tasks,
+        sources,
+        shutdown,
+    })
 }

@@ -29,7 +29,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rumqttc=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttc=warn".into()),
         )
         .init();
     match real_main(Cli::parse()) {
@@ -50,7 +51,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let config = AgentConfig::load(&config)?;
-            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(run(config))
         }
     }
@@ -58,7 +60,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let agent = edgeloop_agent::start(&config, shutdown.clone()).context("cannot start the agent")?;
+    let agent =
+        edgeloop_agent::start(&config, shutdown.clone()).context("cannot start the agent")?;
     let stats = agent.stats.clone();
     let report = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -66,8 +69,13 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
             tick.tick().await;
             let s = stats.snapshot();
             tracing::info!(
-                produced = s.produced, accepted = s.accepted, acked = s.acked, backlog = s.backlog,
-                rejected = s.rejected, uplink = s.uplink_connected, "status"
+                produced = s.produced,
+                accepted = s.accepted,
+                acked = s.acked,
+                backlog = s.backlog,
+                rejected = s.rejected,
+                uplink = s.uplink_connected,
+                "status"
             );
         }
     });
@@ -79,7 +87,12 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     agent.wait().await;
     report.abort();
     let s = agent.stats.snapshot();
-    tracing::info!(accepted = s.accepted, acked = s.acked, backlog = s.backlog, "stopped");
+    tracing::info!(
+        accepted = s.accepted,
+        acked = s.acked,
+        backlog = s.backlog,
+        "stopped"
+    );
     Ok(())
 }
 

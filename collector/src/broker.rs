@@ -37,18 +37,27 @@ impl BrokerHandle {
 
 /// Starts rumqttd and waits until it accepts connections. `internal` is an extra user/password
 /// for the collector's own client, added when agents must authenticate.
-pub async fn start(cfg: &EmbeddedBroker, internal: Option<(String, String)>) -> Result<BrokerHandle, BrokerError> {
+pub async fn start(
+    cfg: &EmbeddedBroker,
+    internal: Option<(String, String)>,
+) -> Result<BrokerHandle, BrokerError> {
     let mut addr = cfg.listen;
     if addr.port() == 0 {
         // rumqttd never reports the port it bound, so choose a free one first.
-        let probe = std::net::TcpListener::bind(addr).map_err(|e| BrokerError::Listen { addr, reason: e.to_string() })?;
-        addr = probe.local_addr().map_err(|e| BrokerError::Listen { addr, reason: e.to_string() })?;
+        let probe = std::net::TcpListener::bind(addr).map_err(|e| BrokerError::Listen {
+            addr,
+            reason: e.to_string(),
+        })?;
+        addr = probe.local_addr().map_err(|e| BrokerError::Listen {
+            addr,
+            reason: e.to_string(),
+        })?;
     }
     let auth = if cfg.users.is_empty() {
         None
     } else {
         let mut users: HashMap<String, String> = cfg.users.clone().into_iter().collect();
-        users.extend(internal);
+        users.extend(internal.clone());
         Some(users)
     };
     let settings = ServerSettings {
@@ -81,14 +90,21 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<(String, String)>) -> 
         }
     });
 
-    let connect_addr = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
+    let connect_addr = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
     let waited = Duration::from_secs(10);
     let deadline = tokio::time::Instant::now() + waited;
     loop {
         if let Ok(reason) = failed_rx.try_recv() {
             return Err(BrokerError::Listen { addr, reason });
         }
-        if tokio::net::TcpStream::connect(connect_addr).await.is_ok() {
+        if mqtt_handshake(connect_addr, internal.as_ref())
+            .await
+            .is_ok()
+        {
             break;
         }
         if tokio::time::Instant::now() > deadline {
@@ -98,5 +114,43 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<(String, String)>) -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!(%addr, "embedded broker listening");
-    Ok(BrokerHandle { addr, connect_addr, listener })
+    Ok(BrokerHandle {
+        addr,
+        connect_addr,
+        listener,
+    })
+}
+
+/// Readiness probe: a complete MQTT 3.1.1 CONNECT / CONNACK / DISCONNECT exchange (a bare TCP
+/// connect that hangs up makes rumqttd log an error).
+async fn mqtt_handshake(addr: SocketAddr, login: Option<&(String, String)>) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    let flags = if login.is_some() { 0xc2 } else { 0x02 }; // clean session (+ user name, password)
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 10];
+    string(&mut body, "edgeloop-broker-probe");
+    if let Some((user, pass)) = login {
+        string(&mut body, user);
+        string(&mut body, pass);
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(&packet).await?;
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut connack)).await??;
+    s.write_all(&[0xe0, 0]).await?;
+    Ok(())
 }

@@ -39,11 +39,14 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error("the collector could not subscribe to its embedded broker within {0:?}")]
+    NotConsuming(std::time::Duration),
 }
 
 /// A running collector.
 pub struct Collector {
     pub stats: Arc<CollectorStats>,
+    consuming: tokio::sync::watch::Receiver<bool>,
     pub store: Arc<Store>,
     broker: Option<BrokerHandle>,
     tasks: TaskTracker,
@@ -54,6 +57,11 @@ impl Collector {
     /// The embedded broker's address, when the collector runs one.
     pub fn broker_addr(&self) -> Option<SocketAddr> {
         self.broker.as_ref().map(|b| b.addr)
+    }
+
+    /// Whether the ingest is subscribed and consuming right now.
+    pub fn is_consuming(&self) -> bool {
+        *self.consuming.borrow()
     }
 
     pub fn shutdown(&self) {
@@ -78,20 +86,33 @@ fn random_secret() -> String {
 }
 
 /// Opens the store, starts the broker (when embedded) and the ingest task.
-pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Result<Collector, StartError> {
+pub async fn start(
+    config: &CollectorConfig,
+    shutdown: CancellationToken,
+) -> Result<Collector, StartError> {
     let store = Arc::new(Store::open(&config.store)?);
     let stats = Arc::new(CollectorStats::default());
     let tasks = TaskTracker::new();
     let ing = &config.ingest;
     let (broker, host, port, username, password) = match &config.broker {
         BrokerConfig::Embedded(cfg) => {
-            let internal = (!cfg.users.is_empty()).then(|| (format!("{}-internal", ing.client_id), random_secret()));
+            let internal = (!cfg.users.is_empty())
+                .then(|| (format!("{}-internal", ing.client_id), random_secret()));
             let handle = broker::start(cfg, internal.clone()).await?;
-            let (host, port) = (handle.connect_addr.ip().to_string(), handle.connect_addr.port());
+            let (host, port) = (
+                handle.connect_addr.ip().to_string(),
+                handle.connect_addr.port(),
+            );
             let (u, p) = internal.unzip();
             (Some(handle), host, port, u, p)
         }
-        BrokerConfig::External(cfg) => (None, cfg.host.clone(), cfg.port, cfg.username.clone(), cfg.password.clone()),
+        BrokerConfig::External(cfg) => (
+            None,
+            cfg.host.clone(),
+            cfg.port,
+            cfg.username.clone(),
+            cfg.password.clone(),
+        ),
     };
     let settings = IngestSettings {
         host,
@@ -104,6 +125,32 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
         retry_min: ing.retry_min.0,
         retry_max: ing.retry_max.0,
     };
-    tasks.spawn(ingest::run(settings, store.clone(), stats.clone(), shutdown.clone()));
-    Ok(Collector { stats, store, broker, tasks, shutdown })
+    let (consuming_tx, mut consuming) = tokio::sync::watch::channel(false);
+    tasks.spawn(ingest::run(
+        settings,
+        store.clone(),
+        stats.clone(),
+        consuming_tx,
+        shutdown.clone(),
+    ));
+    if broker.is_some() {
+        // Our own broker is up: anything published before the subscription would find no
+        // consumer, so start() returns only once the collector consumes.
+        let limit = std::time::Duration::from_secs(10);
+        if !matches!(
+            tokio::time::timeout(limit, consuming.wait_for(|c| *c)).await,
+            Ok(Ok(_))
+        ) {
+            shutdown.cancel();
+            return Err(StartError::NotConsuming(limit));
+        }
+    }
+    Ok(Collector {
+        stats,
+        consuming,
+        store,
+        broker,
+        tasks,
+        shutdown,
+    })
 }

@@ -151,18 +151,37 @@ mod tests {
 
     #[test]
     fn acks_and_commands_round_trip() {
-        let ack = Ack { seq: 42, status: AckStatus::Stored { points: 1000 } };
+        let ack = Ack {
+            seq: 42,
+            status: AckStatus::Stored { points: 1000 },
+        };
         assert_eq!(from_wire::<Ack>(&to_wire(&ack).unwrap()), Ok(ack));
-        let cmd = Command { id: 7, issued_ns: 1, action: CommandAction::ResetLatch { rule: "overtemp".into() } };
+        let cmd = Command {
+            id: 7,
+            issued_ns: 1,
+            action: CommandAction::ResetLatch {
+                rule: "overtemp".into(),
+            },
+        };
         assert_eq!(from_wire::<Command>(&to_wire(&cmd).unwrap()), Ok(cmd));
     }
 
     #[test]
     fn malformed_payloads_are_named() {
         assert_eq!(from_wire::<Ack>(&[]), Err(WireError::Empty));
-        assert_eq!(from_wire::<Ack>(&[9, 1, 2]), Err(WireError::Version { found: 9 }));
-        assert!(matches!(from_wire::<Ack>(&[WIRE_VERSION]), Err(WireError::Codec(_))));
-        let mut bytes = to_wire(&Ack { seq: 1, status: AckStatus::Stored { points: 1 } }).unwrap();
+        assert_eq!(
+            from_wire::<Ack>(&[9, 1, 2]),
+            Err(WireError::Version { found: 9 })
+        );
+        assert!(matches!(
+            from_wire::<Ack>(&[WIRE_VERSION]),
+            Err(WireError::Codec(_))
+        ));
+        let mut bytes = to_wire(&Ack {
+            seq: 1,
+            status: AckStatus::Stored { points: 1 },
+        })
+        .unwrap();
         bytes.push(0);
         assert_eq!(from_wire::<Ack>(&bytes), Err(WireError::Trailing(1)));
     }

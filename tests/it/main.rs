@@ -1,1 +1,6 @@
-fn main() {}
+//! End-to-end tests on real parts: the embedded broker, real InfluxDB and VictoriaMetrics
+//! servers started on free ports in temp dirs, the real binaries as child processes.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+mod skeleton;

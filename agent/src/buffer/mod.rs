@@ -86,7 +86,9 @@ async fn commit(
     if pending.is_empty() {
         return Ok(());
     }
-    let last_seq = buffer.append(&settings.agent, pending, settings.batch_max_readings).await?;
+    let last_seq = buffer
+        .append(&settings.agent, pending, settings.batch_max_readings)
+        .await?;
     let n = pending.len() as u64;
     pending.clear();
     stats.accepted.fetch_add(n, Relaxed);

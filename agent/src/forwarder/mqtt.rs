@@ -86,7 +86,9 @@ pub async fn run(
                     backoff.reset();
                     Uplink::Connected
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == poll_ack_topic => Uplink::Ack(p.payload.to_vec()),
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == poll_ack_topic => {
+                    Uplink::Ack(p.payload.to_vec())
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -124,9 +126,19 @@ pub async fn run(
         if connected {
             let now = Instant::now();
             for seq in window.due(now, settings.ack_timeout) {
-                let Some(send) = window.get(seq) else { continue };
+                let Some(send) = window.get(seq) else {
+                    continue;
+                };
                 let resend = send.resend;
-                if client.try_publish(&telemetry_topic, QoS::AtLeastOnce, false, send.payload.to_vec()).is_err() {
+                if client
+                    .try_publish(
+                        &telemetry_topic,
+                        QoS::AtLeastOnce,
+                        false,
+                        send.payload.to_vec(),
+                    )
+                    .is_err()
+                {
                     break; // client queue full: the next tick tries again
                 }
                 window.mark_sent(seq, now);
@@ -165,7 +177,13 @@ pub async fn run(
     buffer.flush().await
 }
 
-fn on_ack(agent: &str, payload: &[u8], window: &mut Window, buffer: &Buffer, stats: &AgentStats) -> Result<(), BufferError> {
+fn on_ack(
+    agent: &str,
+    payload: &[u8],
+    window: &mut Window,
+    buffer: &Buffer,
+    stats: &AgentStats,
+) -> Result<(), BufferError> {
     let ack: Ack = match from_wire(payload) {
         Ok(ack) => ack,
         Err(e) => {
@@ -178,7 +196,9 @@ fn on_ack(agent: &str, payload: &[u8], window: &mut Window, buffer: &Buffer, sta
         return Ok(()); // a duplicate ack for a batch already gone
     };
     let readings = readings as u64;
-    stats.backlog.fetch_sub(readings.min(stats.backlog.load(Relaxed)), Relaxed);
+    stats
+        .backlog
+        .fetch_sub(readings.min(stats.backlog.load(Relaxed)), Relaxed);
     match ack.status {
         AckStatus::Stored { .. } => {
             stats.acked.fetch_add(readings, Relaxed);

@@ -24,7 +24,9 @@ pub struct Machine {
 impl Machine {
     pub fn new(source_id: &str, period: Duration) -> Self {
         // FNV-1a of the id: a stable, non-zero seed per source.
-        let seed = source_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let seed = source_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
         Self {
             temperature: format!("{source_id}.temperature"),
             vibration: format!("{source_id}.vibration"),
@@ -54,14 +56,25 @@ impl Machine {
         // 24.7 Hz shaft rate, 3.5 mm/s-class amplitude in g, plus broadband noise.
         let vibration = 0.35 * (2.0 * std::f64::consts::PI * 24.7 * t).sin() + 0.05 * self.noise();
         [
-            Reading { sensor: self.temperature.clone(), ts_ns, value: temperature },
-            Reading { sensor: self.vibration.clone(), ts_ns, value: vibration },
+            Reading {
+                sensor: self.temperature.clone(),
+                ts_ns,
+                value: temperature,
+            },
+            Reading {
+                sensor: self.vibration.clone(),
+                ts_ns,
+                value: vibration,
+            },
         ]
     }
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 pub async fn run(
@@ -129,8 +142,14 @@ mod tests {
             vib.push(v.value);
             last_temp = t.value;
         }
-        assert!(last_temp > 50.0, "after 1000 s the spindle runs warm: {last_temp}");
+        assert!(
+            last_temp > 50.0,
+            "after 1000 s the spindle runs warm: {last_temp}"
+        );
         let rms = (vib.iter().map(|v| v * v).sum::<f64>() / vib.len() as f64).sqrt();
-        assert!((rms - 0.35 / 2f64.sqrt()).abs() < 0.02, "vibration RMS {rms}");
+        assert!(
+            (rms - 0.35 / 2f64.sqrt()).abs() < 0.02,
+            "vibration RMS {rms}"
+        );
     }
 }

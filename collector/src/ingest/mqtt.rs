@@ -19,7 +19,7 @@ use edgeloop_shared::{
     topic::{self, Channel},
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, Publish, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::dedup::Dedup;
@@ -48,9 +48,20 @@ enum Outcome {
     Drop,
 }
 
-/// Runs the consumer until `shutdown`.
-pub async fn run(settings: IngestSettings, store: Arc<Store>, stats: Arc<CollectorStats>, shutdown: CancellationToken) {
-    let mut opts = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
+/// Runs the consumer until `shutdown`. `consuming` turns true once the broker has confirmed the
+/// telemetry subscription (and false while the connection is down).
+pub async fn run(
+    settings: IngestSettings,
+    store: Arc<Store>,
+    stats: Arc<CollectorStats>,
+    consuming: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) {
+    let mut opts = MqttOptions::new(
+        settings.client_id.clone(),
+        settings.host.clone(),
+        settings.port,
+    );
     opts.set_keep_alive(Duration::from_secs(15))
         .set_clean_session(false)
         .set_manual_acks(true)
@@ -80,10 +91,19 @@ pub async fn run(settings: IngestSettings, store: Arc<Store>, stats: Arc<Collect
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
                     backoff.reset();
-                    tracing::info!(session_present = c.session_present, "ingest connected to the broker");
-                    if poll_client.try_subscribe(&filter, QoS::AtLeastOnce).is_err() {
+                    tracing::info!(
+                        session_present = c.session_present,
+                        "ingest connected to the broker"
+                    );
+                    if poll_client
+                        .try_subscribe(&filter, QoS::AtLeastOnce)
+                        .is_err()
+                    {
                         tracing::error!("cannot queue the telemetry subscription");
                     }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    consuming.send_replace(true);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if tx.send(p).await.is_err() {
@@ -92,6 +112,7 @@ pub async fn run(settings: IngestSettings, store: Arc<Store>, stats: Arc<Collect
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    consuming.send_replace(false);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "ingest lost the broker");
                     tokio::select! {
@@ -110,13 +131,23 @@ pub async fn run(settings: IngestSettings, store: Arc<Store>, stats: Arc<Collect
             p = rx.recv() => match p { Some(p) => p, None => break },
             _ = shutdown.cancelled() => break,
         };
-        let Some(outcome) = handle(&publish, &store, &stats, &mut dedup, &mut retry, &shutdown).await else {
+        let Some(outcome) =
+            handle(&publish, &store, &stats, &mut dedup, &mut retry, &shutdown).await
+        else {
             break; // shutting down mid-write: leave the message un-acked, the agent re-sends it
         };
         if let Outcome::Ack { agent, ack } = outcome {
             match to_wire(&ack) {
                 Ok(bytes) => {
-                    if let Err(e) = client.publish(topic::topic(&agent, Channel::Ack), QoS::AtLeastOnce, false, bytes).await {
+                    if let Err(e) = client
+                        .publish(
+                            topic::topic(&agent, Channel::Ack),
+                            QoS::AtLeastOnce,
+                            false,
+                            bytes,
+                        )
+                        .await
+                    {
                         tracing::warn!(%agent, seq = ack.seq, error = %e, "cannot queue the ack; the agent will re-send");
                     }
                 }
@@ -159,7 +190,15 @@ async fn handle(
         return Some(Outcome::Drop);
     }
     let points = batch.point_count() as u32;
-    let ack = |status| Some(Outcome::Ack { agent: agent.to_owned(), ack: Ack { seq: batch.seq, status } });
+    let ack = |status| {
+        Some(Outcome::Ack {
+            agent: agent.to_owned(),
+            ack: Ack {
+                seq: batch.seq,
+                status,
+            },
+        })
+    };
     if dedup.seen(agent, batch.seq) {
         stats.duplicates.fetch_add(1, Relaxed);
         return ack(AckStatus::Stored { points });
@@ -180,7 +219,10 @@ async fn handle(
             Err(e) => {
                 stats.write_retries.fetch_add(1, Relaxed);
                 let delay = match &e {
-                    StoreError::Transient { retry_after: Some(d), .. } => *d,
+                    StoreError::Transient {
+                        retry_after: Some(d),
+                        ..
+                    } => *d,
                     _ => retry.next_delay(),
                 };
                 tracing::warn!(agent, seq = batch.seq, error = %e, retry_in = ?delay, "store write failed");

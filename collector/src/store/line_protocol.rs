@@ -34,7 +34,12 @@ pub fn encode_batch(out: &mut String, measurement: &str, events_measurement: &st
         escape(out, &batch.agent, Kind::Tag);
         out.push_str(",subject=");
         escape(out, &e.subject, Kind::Tag);
-        let _ = write!(out, ",kind={},severity={} message=\"", e.kind.name(), e.severity.name());
+        let _ = write!(
+            out,
+            ",kind={},severity={} message=\"",
+            e.kind.name(),
+            e.severity.name()
+        );
         escape(out, &e.message, Kind::StringField);
         out.push('"');
         if let EventKind::Dropped { readings } = e.kind {
@@ -91,7 +96,16 @@ mod tests {
             seq: 1,
             series: vec![Series {
                 sensor: "press-3.temp".into(),
-                points: vec![Point { ts_ns: 1_700_000_000_000_000_001, value: 21.5 }, Point { ts_ns: 2, value: 3.0 }],
+                points: vec![
+                    Point {
+                        ts_ns: 1_700_000_000_000_000_001,
+                        value: 21.5,
+                    },
+                    Point {
+                        ts_ns: 2,
+                        value: 3.0,
+                    },
+                ],
             }],
             events: vec![Event {
                 ts_ns: 5,
@@ -118,10 +132,25 @@ mod tests {
         let batch = Batch {
             agent: "a".into(),
             seq: 0,
-            series: vec![Series { sensor: "s".into(), points: vec![Point { ts_ns: 1, value: 1e300 }, Point { ts_ns: 2, value: -1e-300 }] }],
+            series: vec![Series {
+                sensor: "s".into(),
+                points: vec![
+                    Point {
+                        ts_ns: 1,
+                        value: 1e300,
+                    },
+                    Point {
+                        ts_ns: 2,
+                        value: -1e-300,
+                    },
+                ],
+            }],
             events: vec![],
         };
         encode_batch(&mut out, "m", "e", &batch);
-        assert_eq!(out, "m,agent=a,sensor=s value=1e300 1\nm,agent=a,sensor=s value=-1e-300 2\n");
+        assert_eq!(
+            out,
+            "m,agent=a,sensor=s value=1e300 1\nm,agent=a,sensor=s value=-1e-300 2\n"
+        );
     }
 }

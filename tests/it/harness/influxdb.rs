@@ -1,0 +1,114 @@
+//! A real InfluxDB 1.x (Debian's `influxd`) on free ports in a temp dir.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+pub struct Influx1 {
+    pub url: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Influx1 {
+    /// Starts `influxd` and creates database `db`.
+    pub async fn start(db: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("edgeloop-influxd-")
+            .tempdir()
+            .unwrap();
+        let (http_port, rpc_port) = (super::free_port(), super::free_port());
+        let d = dir.path().display();
+        let config = format!(
+            r#"reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{d}/meta"
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{http_port}"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+"#
+        );
+        let config_path = dir.path().join("influxdb.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("influxd.log")).unwrap();
+        let child = Command::new("influxd")
+            .arg("-config")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("influxd not found: install Debian's `influxdb` package (scripts/test does)");
+        let url = format!("http://127.0.0.1:{http_port}");
+        let http = reqwest::Client::new();
+        let influx = Self {
+            url,
+            child,
+            _dir: dir,
+            http,
+        };
+        super::wait_for(
+            "influxd to answer /ping",
+            Duration::from_secs(30),
+            || async {
+                let r = influx
+                    .http
+                    .get(format!("{}/ping", influx.url))
+                    .send()
+                    .await
+                    .ok()?;
+                (r.status().as_u16() == 204).then_some(())
+            },
+        )
+        .await;
+        influx.query(db, &format!("CREATE DATABASE \"{db}\"")).await;
+        influx
+    }
+
+    /// Runs an InfluxQL statement and returns the JSON answer.
+    pub async fn query(&self, db: &str, q: &str) -> serde_json::Value {
+        let resp = self
+            .http
+            .post(format!("{}/query", self.url))
+            .query(&[("db", db), ("q", q)])
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "query {q:?} failed: {}",
+            resp.status()
+        );
+        serde_json::from_str(&resp.text().await.unwrap()).unwrap()
+    }
+
+    /// `SELECT count(<field>) FROM <measurement>`: 0 when the measurement does not exist yet.
+    pub async fn count(&self, db: &str, measurement: &str, field: &str) -> u64 {
+        let v = self
+            .query(
+                db,
+                &format!("SELECT count(\"{field}\") FROM \"{measurement}\""),
+            )
+            .await;
+        v["results"][0]["series"][0]["values"][0][1]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Influx1 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
