@@ -7,6 +7,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use edgeloop_shared::units::{ByteSize, HumanDuration};
@@ -81,10 +82,7 @@ pub struct BufferConfig {
 
 impl Default for BufferConfig {
     fn default() -> Self {
-        Self {
-            flush_interval: HumanDuration(std::time::Duration::from_millis(20)),
-            cache: ByteSize(16 << 20),
-        }
+        Self { flush_interval: HumanDuration(std::time::Duration::from_millis(20)), cache: ByteSize(16 << 20) }
     }
 }
 
@@ -92,6 +90,127 @@ impl Default for BufferConfig {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceConfig {
     Simulated(SimulatedConfig),
+    Serial(SerialConfig),
+    Mqtt(MqttSourceConfig),
+}
+
+impl SourceConfig {
+    /// How long a sensor of this source may stay silent before it is stale: `stale_after` when
+    /// set, else five expected periods, never under 100 ms.
+    pub fn stale_after(&self) -> Duration {
+        let (period, explicit) = match self {
+            SourceConfig::Simulated(c) => (c.period.0, None),
+            SourceConfig::Serial(c) => (c.period.0, c.stale_after),
+            SourceConfig::Mqtt(c) => (c.period.0, c.stale_after),
+        };
+        explicit.map_or_else(|| (period * 5).max(MIN_STALE_AFTER), |d| d.0)
+    }
+
+    /// How far a device clock may be from the gateway's before its timestamps are distrusted.
+    pub fn max_clock_skew(&self) -> Duration {
+        match self {
+            SourceConfig::Simulated(_) => Duration::MAX,
+            SourceConfig::Serial(c) => c.max_clock_skew.0,
+            SourceConfig::Mqtt(c) => c.max_clock_skew.0,
+        }
+    }
+}
+
+/// The shortest staleness timeout: below it, ordinary scheduling jitter would look like a fault.
+pub const MIN_STALE_AFTER: Duration = Duration::from_millis(100);
+
+/// A sensor node on a serial port speaking the shared frame (COBS + postcard + CRC-32).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    /// The device, e.g. `/dev/ttyUSB0` or a stable `/dev/serial/by-id/...` link.
+    pub path: PathBuf,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Sensor ids are `<prefix>.<channel name>`; the prefix defaults to the source id.
+    pub prefix: Option<String>,
+    /// Names of the node's channels by number, e.g. `{ 0 = "temperature", 1 = "vibration" }`.
+    /// Unnamed channels become `ch<N>`.
+    #[serde(default)]
+    pub channels: BTreeMap<String, String>,
+    /// The node's reading period (per channel); staleness defaults to five periods.
+    #[serde(default = "default_period")]
+    pub period: HumanDuration,
+    pub stale_after: Option<HumanDuration>,
+    #[serde(default = "default_max_clock_skew")]
+    pub max_clock_skew: HumanDuration,
+    /// Reopen delay after the port vanished: from `reopen_min`, doubling up to `reopen_max`.
+    #[serde(default = "default_reopen_min")]
+    pub reopen_min: HumanDuration,
+    #[serde(default = "default_reopen_max")]
+    pub reopen_max: HumanDuration,
+}
+
+/// MQTT sensors: the gateway's own embedded broker (default) or the site's broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSourceConfig {
+    #[serde(default)]
+    pub broker: BrokerMode,
+    /// `embedded`: where sensors connect (default `0.0.0.0:1883`).
+    pub listen: Option<std::net::SocketAddr>,
+    /// `external`: the site broker.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Larger payloads are rejected (counted, logged) before anything is buffered.
+    #[serde(default = "default_max_payload")]
+    pub max_payload: ByteSize,
+    #[serde(default = "default_period")]
+    pub period: HumanDuration,
+    pub stale_after: Option<HumanDuration>,
+    #[serde(default = "default_max_clock_skew")]
+    pub max_clock_skew: HumanDuration,
+    /// Subscriptions, keyed by a name of your choice.
+    pub topics: BTreeMap<String, TopicMapping>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerMode {
+    #[default]
+    Embedded,
+    External,
+}
+
+/// How the messages of one topic filter become readings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicMapping {
+    /// MQTT filter with named wildcards: `sensors/{machine}/{sensor}` (a `{name}` is one level,
+    /// like `+`; `#` may end the filter).
+    pub filter: String,
+    /// Sensor id template using the filter's names, e.g. `{machine}.{sensor}`.
+    pub sensor: String,
+    #[serde(default)]
+    pub format: PayloadFormat,
+    /// `json`: path of the value, e.g. `ENERGY.Power` or `values[0]`.
+    pub value: Option<String>,
+    /// `json`: several values in one message, sensor id suffix → path, e.g.
+    /// `{ temperature = "temperature", humidity = "humidity" }` gives `<sensor>.temperature`, ...
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// `json`: path of the device's timestamp (epoch s/ms/µs/ns or RFC 3339); the gateway's
+    /// clock when absent.
+    pub timestamp: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PayloadFormat {
+    /// A plain number (`21.5`), or `ON`/`OFF`/`true`/`false` as 1/0.
+    #[default]
+    Number,
+    /// JSON with field paths (Tasmota, Shelly, zigbee2mqtt and the like).
+    Json,
+    /// The shared binary reading (`edgeloop_shared::model::DeviceReading` behind its version byte).
+    Binary,
 }
 
 /// A simulated machine: a spindle temperature and a vibration signal.
@@ -109,6 +228,24 @@ pub struct SimulatedConfig {
     pub limit: Option<u64>,
 }
 
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_period() -> HumanDuration {
+    secs(1)
+}
+fn default_max_clock_skew() -> HumanDuration {
+    secs(300)
+}
+fn default_reopen_min() -> HumanDuration {
+    HumanDuration(Duration::from_millis(100))
+}
+fn default_reopen_max() -> HumanDuration {
+    secs(5)
+}
+fn default_max_payload() -> ByteSize {
+    ByteSize(64 << 10)
+}
 fn secs(s: u64) -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(s))
 }
@@ -135,66 +272,37 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<Problem>,
-    },
+    Invalid { path: PathBuf, problems: Vec<Problem> },
 }
 
 impl AgentConfig {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(&text, path)
     }
 
     /// Parses and validates config text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let config: AgentConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         let problems = config.problems();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.into(),
-                problems,
-            })
-        }
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: path.into(), problems }) }
     }
 
     /// Every problem the file has, not just the first.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        let mut problem = |key: &str, message: String| {
-            out.push(Problem {
-                key: key.into(),
-                message,
-            })
-        };
+        let mut problem = |key: &str, message: String| out.push(Problem { key: key.into(), message });
         if let Err(e) = edgeloop_shared::id::validate(&self.agent.id) {
-            problem(
-                "agent.id",
-                format!("{:?} is not a valid id: {e}", self.agent.id),
-            );
+            problem("agent.id", format!("{:?} is not a valid id: {e}", self.agent.id));
         }
         if self.agent.data_dir.as_os_str().is_empty() {
-            problem(
-                "agent.data_dir",
-                "must name a directory for the durable buffer".into(),
-            );
+            problem("agent.data_dir", "must name a directory for the durable buffer".into());
         }
         let u = &self.uplink;
         if u.in_flight == 0 {
@@ -204,47 +312,100 @@ impl AgentConfig {
             problem("uplink.batch_max_readings", "must be at least 1".into());
         }
         if u.keep_alive.0 < std::time::Duration::from_secs(1) {
-            problem(
-                "uplink.keep_alive",
-                "must be at least 1s (MQTT counts keep-alive in seconds)".into(),
-            );
+            problem("uplink.keep_alive", "must be at least 1s (MQTT counts keep-alive in seconds)".into());
         }
         if u.reconnect_min.0.is_zero() || u.reconnect_min > u.reconnect_max {
-            problem(
-                "uplink.reconnect_min",
-                "must be above zero and not above uplink.reconnect_max".into(),
-            );
+            problem("uplink.reconnect_min", "must be above zero and not above uplink.reconnect_max".into());
         }
         if u.ack_timeout.0 < std::time::Duration::from_millis(100) {
             problem("uplink.ack_timeout", "must be at least 100ms".into());
         }
         if self.buffer.flush_interval.0.is_zero() {
-            problem(
-                "buffer.flush_interval",
-                "must be above zero, e.g. \"20ms\"".into(),
-            );
+            problem("buffer.flush_interval", "must be above zero, e.g. \"20ms\"".into());
         }
         if self.buffer.cache.0 < 1 << 20 {
             problem("buffer.cache", "must be at least 1MiB".into());
         }
         if self.sources.is_empty() {
-            problem(
-                "sources",
-                "no source is configured; add e.g. [sources.press-3] with kind = \"simulated\""
-                    .into(),
-            );
+            problem("sources", "no source is configured; add e.g. [sources.press-3] with kind = \"simulated\"".into());
         }
         for (id, source) in &self.sources {
             if let Err(e) = edgeloop_shared::id::validate(id) {
-                problem(
-                    &format!("sources.{id}"),
-                    format!("{id:?} is not a valid source id: {e}"),
-                );
+                problem(&format!("sources.{id}"), format!("{id:?} is not a valid source id: {e}"));
             }
+            let key = |k: &str| format!("sources.{id}.{k}");
             match source {
                 SourceConfig::Simulated(sim) => {
                     if sim.period.0.is_zero() {
-                        problem(&format!("sources.{id}.period"), "must be above zero".into());
+                        problem(&key("period"), "must be above zero".into());
+                    }
+                }
+                SourceConfig::Serial(c) => {
+                    if c.baud == 0 {
+                        problem(&key("baud"), "must be above zero, e.g. 115200".into());
+                    }
+                    if let Some(prefix) = &c.prefix
+                        && let Err(e) = edgeloop_shared::id::validate(prefix)
+                    {
+                        problem(&key("prefix"), format!("{prefix:?} is not a valid id prefix: {e}"));
+                    }
+                    for (number, name) in &c.channels {
+                        if number.parse::<u16>().is_err() {
+                            problem(&key("channels"), format!("{number:?} is not a channel number (0-65535)"));
+                        }
+                        if let Err(e) = edgeloop_shared::id::validate(name) {
+                            problem(&key("channels"), format!("channel {number} name {name:?}: {e}"));
+                        }
+                    }
+                    if c.reopen_min.0.is_zero() || c.reopen_min > c.reopen_max {
+                        problem(&key("reopen_min"), "must be above zero and not above reopen_max".into());
+                    }
+                }
+                SourceConfig::Mqtt(c) => {
+                    match (c.broker, &c.host) {
+                        (BrokerMode::External, None) => {
+                            problem(&key("host"), "broker = \"external\" needs the site broker's host".into())
+                        }
+                        (BrokerMode::Embedded, Some(_)) => problem(
+                            &key("host"),
+                            "only for broker = \"external\"; the embedded broker takes `listen`".into(),
+                        ),
+                        _ => {}
+                    }
+                    if c.broker == BrokerMode::External && c.listen.is_some() {
+                        problem(&key("listen"), "only for broker = \"embedded\"".into());
+                    }
+                    if c.topics.is_empty() {
+                        problem(
+                            &key("topics"),
+                            "no topic is mapped; add [sources.<id>.topics.<name>] with filter and sensor".into(),
+                        );
+                    }
+                    for (name, t) in &c.topics {
+                        let tkey = |k: &str| format!("sources.{id}.topics.{name}.{k}");
+                        if let Err(e) = crate::sources::mqtt::TopicPattern::parse(&t.filter, &t.sensor) {
+                            problem(&tkey("filter"), e);
+                        }
+                        match t.format {
+                            PayloadFormat::Json => {
+                                if t.value.is_none() == t.fields.is_empty() {
+                                    problem(&tkey("value"), "format = \"json\" needs either `value` (one path) or `fields` (several), not both".into());
+                                }
+                                for suffix in t.fields.keys() {
+                                    if let Err(e) = edgeloop_shared::id::validate(suffix) {
+                                        problem(&tkey("fields"), format!("{suffix:?}: {e}"));
+                                    }
+                                }
+                            }
+                            PayloadFormat::Number | PayloadFormat::Binary => {
+                                if t.value.is_some() || !t.fields.is_empty() || t.timestamp.is_some() {
+                                    problem(
+                                        &tkey("format"),
+                                        "`value`, `fields` and `timestamp` are only for format = \"json\"".into(),
+                                    );
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -276,7 +437,7 @@ period = "10ms"
         let c = parse(GOOD).unwrap();
         assert_eq!(c.uplink.port, 1883);
         assert_eq!(c.buffer.cache, ByteSize(16 << 20));
-        let SourceConfig::Simulated(sim) = &c.sources["press-3"];
+        let SourceConfig::Simulated(sim) = &c.sources["press-3"] else { panic!("simulated") };
         assert_eq!(sim.period.0, std::time::Duration::from_millis(10));
         assert!(sim.realtime);
     }
@@ -300,32 +461,17 @@ period = "10ms"
 
     #[test]
     fn bad_units_say_what_was_expected() {
-        let err = parse(&GOOD.replace("\"10ms\"", "\"10 fortnights\""))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("10 fortnights") && err.contains("ms") && err.contains("line 6"),
-            "{err}"
-        );
+        let err = parse(&GOOD.replace("\"10ms\"", "\"10 fortnights\"")).unwrap_err().to_string();
+        assert!(err.contains("10 fortnights") && err.contains("ms") && err.contains("line 6"), "{err}");
     }
 
     #[test]
     fn validation_reports_every_problem_by_key() {
         let text = GOOD.replace("gw-1", "gw/1").replace("\"10ms\"", "\"0ms\"")
             + "[uplink]\nin_flight = 0\n[buffer]\nflush_interval = \"0s\"\n";
-        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else {
-            panic!("must be invalid")
-        };
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("must be invalid") };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(
-            keys,
-            [
-                "agent.id",
-                "uplink.in_flight",
-                "buffer.flush_interval",
-                "sources.press-3.period"
-            ]
-        );
+        assert_eq!(keys, ["agent.id", "uplink.in_flight", "buffer.flush_interval", "sources.press-3.period"]);
     }
 
     #[test]

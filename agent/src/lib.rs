@@ -2,8 +2,8 @@
 //! forwards batches to the collector, removing them only on the collector's end-to-end ack.
 //!
 //! ```text
-//! sources ──(bounded mpsc<Reading>)──► buffer intake ──(sled: sealed batches)──► forwarder ──MQTT──► collector
-//!                                                   └──(watch: newest seq)──────┘   ◄── ack ──┘
+//! sources ──mpsc<Observation>──► normalise ──mpsc<Record>──► buffer intake ──(sled: sealed batches)──► forwarder ──MQTT──► collector
+//!   (serial, MQTT, simulated)     (time, health)                          └──(watch: newest seq)──────┘   ◄── ack ──┘
 //! ```
 //!
 //! # Layout
@@ -19,33 +19,57 @@ pub mod forwarder;
 pub mod sources;
 pub mod stats;
 
-use std::sync::Arc;
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     buffer::{Buffer, BufferError, IntakeSettings},
-    config::AgentConfig,
+    config::{AgentConfig, SourceConfig},
     forwarder::UplinkSettings,
-    stats::AgentStats,
+    sources::{
+        SourceContext,
+        health::SensorHealth,
+        normalise::{Normaliser, SourcePolicy},
+        serial::SerialHandle,
+    },
+    stats::{AgentStats, SourceCounters},
 };
 
-/// Readings queued between the sources and the buffer intake; a full queue makes sources wait.
-const INTAKE_QUEUE: usize = 16_384;
+/// Observations queued between the sources and the normalise stage, and records between it and
+/// the buffer intake; a full queue makes the stage before it wait.
+const STAGE_QUEUE: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Buffer(#[from] BufferError),
+    #[error("source {source_id}: {error}")]
+    Broker { source_id: String, error: edgeloop_shared::broker::BrokerError },
+}
 
 /// A running agent.
 pub struct Agent {
     pub stats: Arc<AgentStats>,
+    sources: BTreeMap<String, Arc<SourceCounters>>,
+    serial: BTreeMap<String, SerialHandle>,
+    brokers: BTreeMap<String, SocketAddr>,
+    health: Arc<Mutex<Vec<SensorHealth>>>,
     tasks: TaskTracker,
-    sources: CancellationToken,
+    stop_sources: CancellationToken,
     shutdown: CancellationToken,
 }
 
 impl Agent {
     /// Stops the sources only: the buffer and uplink keep running, so the backlog can drain.
     pub fn stop_sources(&self) {
-        self.sources.cancel();
+        self.stop_sources.cancel();
     }
 
     /// Asks every stage to stop; the intake commits what it holds and the forwarder flushes.
@@ -58,31 +82,94 @@ impl Agent {
         self.tasks.close();
         self.tasks.wait().await;
     }
+
+    /// The counters of source `id`.
+    pub fn source(&self, id: &str) -> Option<&SourceCounters> {
+        self.sources.get(id).map(|c| &**c)
+    }
+
+    /// Writes commands down serial source `id`'s port.
+    pub fn serial(&self, id: &str) -> Option<&SerialHandle> {
+        self.serial.get(id)
+    }
+
+    /// Where MQTT source `id`'s embedded broker accepts sensors.
+    pub fn sensor_broker(&self, id: &str) -> Option<SocketAddr> {
+        self.brokers.get(id).copied()
+    }
+
+    /// Every sensor's health, as of the last quarter second.
+    pub fn health(&self) -> Vec<SensorHealth> {
+        self.health.lock().map(|h| h.clone()).unwrap_or_default()
+    }
 }
 
-/// Opens the buffer and starts every stage of the agent as tasks on the current runtime.
+/// Opens the buffer, starts the sensor brokers, and starts every stage as tasks on the current
+/// runtime.
 ///
 /// # Errors
-/// When the buffer cannot be opened (another agent holds the directory, or it is unreadable).
-pub fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<Agent, BufferError> {
+/// When the buffer cannot be opened (another agent holds the directory, or it is unreadable) or
+/// an embedded sensor broker cannot listen.
+pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<Agent, StartError> {
     let stats = Arc::new(AgentStats::default());
     let buffer = Buffer::open(&config.agent.data_dir, config.buffer.cache.0)?;
     let tasks = TaskTracker::new();
-    let (readings_tx, readings_rx) = mpsc::channel(INTAKE_QUEUE);
+    let (obs_tx, obs_rx) = mpsc::channel(STAGE_QUEUE);
+    let (records_tx, records_rx) = mpsc::channel(STAGE_QUEUE);
     let (committed_tx, committed_rx) = watch::channel(0);
 
-    // Sources stop on their own token so the intake can drain after them.
-    let sources = shutdown.child_token();
-    for (id, source) in &config.sources {
-        tasks.spawn(sources::run(
-            id.clone(),
-            source.clone(),
-            readings_tx.clone(),
-            stats.clone(),
-            sources.clone(),
-        ));
+    let stop_sources = shutdown.child_token();
+    let mut policies = Vec::new();
+    let mut normaliser_expect = Vec::new();
+    let mut counters = BTreeMap::new();
+    let mut serial = BTreeMap::new();
+    let mut brokers = BTreeMap::new();
+    for (index, (id, source)) in config.sources.iter().enumerate() {
+        let index = index as u16;
+        policies.push(SourcePolicy { stale_after: source.stale_after(), max_clock_skew: source.max_clock_skew() });
+        let c = Arc::new(SourceCounters::default());
+        counters.insert(id.clone(), c.clone());
+        let ctx = SourceContext {
+            index,
+            id: id.clone(),
+            out: obs_tx.clone(),
+            counters: c,
+            stats: stats.clone(),
+            shutdown: stop_sources.clone(),
+        };
+        match source {
+            SourceConfig::Simulated(cfg) => {
+                let m = sources::simulated::Machine::new(id, cfg.period.0);
+                normaliser_expect.extend(m.sensors().map(|s| (s.to_owned(), index)));
+                tasks.spawn(sources::simulated::run(ctx, cfg.clone()));
+            }
+            SourceConfig::Serial(cfg) => {
+                let names = sources::serial::ChannelNames::new(id, cfg);
+                normaliser_expect.extend(names.configured().into_iter().map(|s| (s, index)));
+                let (handle, commands) = sources::serial::command_channel(&cfg.path.display().to_string());
+                serial.insert(id.clone(), handle);
+                tasks.spawn(sources::serial::run(ctx, cfg.clone(), commands));
+            }
+            SourceConfig::Mqtt(cfg) => {
+                let addr = sources::mqtt::start_broker(id, cfg)
+                    .await
+                    .map_err(|error| StartError::Broker { source_id: id.clone(), error })?;
+                if let Some(addr) = addr {
+                    brokers.insert(id.clone(), addr);
+                }
+                tasks.spawn(sources::mqtt::run(ctx, cfg.clone(), config.agent.id.clone(), addr));
+            }
+        }
     }
-    drop(readings_tx);
+    drop(obs_tx);
+
+    let mut normaliser = Normaliser::new(policies);
+    let now = Instant::now();
+    for (sensor, index) in &normaliser_expect {
+        normaliser.expect(sensor, *index, now);
+    }
+    let health = Arc::new(Mutex::new(Vec::new()));
+    tasks.spawn(sources::normalise::run(normaliser, obs_rx, records_tx, health.clone()));
 
     let intake = IntakeSettings {
         agent: config.agent.id.clone(),
@@ -91,9 +178,7 @@ pub fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<Agent,
     };
     let (buf, st, sd) = (buffer.clone(), stats.clone(), shutdown.clone());
     tasks.spawn(async move {
-        if let Err(e) =
-            buffer::run_intake(intake, buf, readings_rx, committed_tx, st, sd.clone()).await
-        {
+        if let Err(e) = buffer::run_intake(intake, buf, records_rx, committed_tx, st, sd.clone()).await {
             tracing::error!(error = %e, "buffer intake failed; stopping the agent");
             sd.cancel();
         }
@@ -119,10 +204,5 @@ pub fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<Agent,
             sd.cancel();
         }
     });
-    Ok(Agent {
-        stats,
-        tasks,
-        sources,
-        shutdown,
-    })
+    Ok(Agent { stats, sources: counters, serial, brokers, health, tasks, stop_sources, shutdown })
 }

@@ -29,8 +29,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rumqttc=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,rumqttc=warn".into()),
         )
         .init();
     match real_main(Cli::parse()) {
@@ -51,8 +50,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let config = AgentConfig::load(&config)?;
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(run(config))
         }
     }
@@ -60,8 +58,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let agent =
-        edgeloop_agent::start(&config, shutdown.clone()).context("cannot start the agent")?;
+    let agent = edgeloop_agent::start(&config, shutdown.clone()).await.context("cannot start the agent")?;
     let stats = agent.stats.clone();
     let report = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -87,12 +84,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     agent.wait().await;
     report.abort();
     let s = agent.stats.snapshot();
-    tracing::info!(
-        accepted = s.accepted,
-        acked = s.acked,
-        backlog = s.backlog,
-        "stopped"
-    );
+    tracing::info!(accepted = s.accepted, acked = s.acked, backlog = s.backlog, "stopped");
     Ok(())
 }
 

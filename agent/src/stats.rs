@@ -21,6 +21,8 @@ pub struct AgentStats {
     pub batches_resent: AtomicU64,
     /// Whether the uplink's MQTT session is up.
     pub uplink_connected: AtomicBool,
+    /// Events (stale sensors, clock skew, trips) durably in the buffer.
+    pub events_accepted: AtomicU64,
 }
 
 /// A point-in-time copy of [`AgentStats`].
@@ -34,6 +36,7 @@ pub struct StatsSnapshot {
     pub batches_sent: u64,
     pub batches_resent: u64,
     pub uplink_connected: bool,
+    pub events_accepted: u64,
 }
 
 impl AgentStats {
@@ -47,6 +50,57 @@ impl AgentStats {
             batches_sent: self.batches_sent.load(Relaxed),
             batches_resent: self.batches_resent.load(Relaxed),
             uplink_connected: self.uplink_connected.load(Relaxed),
+            events_accepted: self.events_accepted.load(Relaxed),
+        }
+    }
+}
+
+/// Counters of one source (a serial port, an MQTT connection, a simulated machine).
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Frames or messages that decoded.
+    pub messages: AtomicU64,
+    /// Readings taken from them.
+    pub readings: AtomicU64,
+    /// Frames with a CRC mismatch (line noise).
+    pub crc_errors: AtomicU64,
+    /// Frames too short to hold a version and CRC, or not valid COBS (cut in half, noise).
+    pub short_frames: AtomicU64,
+    /// Frames or payloads over the size limit, dropped whole.
+    pub oversized: AtomicU64,
+    /// Frames or payloads that arrived intact but do not make a reading (wrong version, unknown
+    /// message, unmapped topic, missing JSON field, non-number, invalid sensor id).
+    pub malformed: AtomicU64,
+    /// Whether the port or connection is up.
+    pub up: AtomicBool,
+    /// Times the port or connection was (re)opened.
+    pub opens: AtomicU64,
+}
+
+/// A point-in-time copy of [`SourceCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceSnapshot {
+    pub messages: u64,
+    pub readings: u64,
+    pub crc_errors: u64,
+    pub short_frames: u64,
+    pub oversized: u64,
+    pub malformed: u64,
+    pub up: bool,
+    pub opens: u64,
+}
+
+impl SourceCounters {
+    pub fn snapshot(&self) -> SourceSnapshot {
+        SourceSnapshot {
+            messages: self.messages.load(Relaxed),
+            readings: self.readings.load(Relaxed),
+            crc_errors: self.crc_errors.load(Relaxed),
+            short_frames: self.short_frames.load(Relaxed),
+            oversized: self.oversized.load(Relaxed),
+            malformed: self.malformed.load(Relaxed),
+            up: self.up.load(Relaxed),
+            opens: self.opens.load(Relaxed),
         }
     }
 }

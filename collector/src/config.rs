@@ -1,13 +1,12 @@
 //! The collector's config file: strict TOML, then a validation pass that reports every problem.
 
 use std::{
-    collections::BTreeMap,
     fmt,
-    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
-use edgeloop_shared::units::{ByteSize, HumanDuration};
+pub use edgeloop_shared::broker::EmbeddedBroker;
+use edgeloop_shared::units::HumanDuration;
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -33,29 +32,6 @@ pub enum BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig::Embedded(EmbeddedBroker::default())
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EmbeddedBroker {
-    /// Where agents connect. Port 0 picks a free port (tests, the demo).
-    pub listen: SocketAddr,
-    /// Largest MQTT payload accepted; bigger publishes are refused by the broker.
-    pub max_payload: ByteSize,
-    pub max_connections: usize,
-    /// Agent credentials (user → password). Without any, the broker accepts every client.
-    pub users: BTreeMap<String, String>,
-}
-
-impl Default for EmbeddedBroker {
-    fn default() -> Self {
-        Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
-            max_payload: ByteSize(4 << 20),
-            max_connections: 10_000,
-            users: BTreeMap::new(),
-        }
     }
 }
 
@@ -178,78 +154,46 @@ impl fmt::Display for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid {
-        path: PathBuf,
-        problems: Vec<Problem>,
-    },
+    Invalid { path: PathBuf, problems: Vec<Problem> },
 }
 
 impl CollectorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Self::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: CollectorConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let config: CollectorConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         let problems = config.problems();
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                path: path.into(),
-                problems,
-            })
-        }
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: path.into(), problems }) }
     }
 
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        let mut problem = |key: &str, message: String| {
-            out.push(Problem {
-                key: key.into(),
-                message,
-            })
-        };
+        let mut problem = |key: &str, message: String| out.push(Problem { key: key.into(), message });
         let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
         match &self.store {
             StoreConfig::InfluxV1(c) => {
                 if !url_ok(&c.url) {
-                    problem(
-                        "store.url",
-                        format!("{:?} must start with http:// or https://", c.url),
-                    );
+                    problem("store.url", format!("{:?} must start with http:// or https://", c.url));
                 }
                 if c.database.is_empty() {
                     problem("store.database", "must name the InfluxDB database".into());
                 }
                 if c.username.is_some() != c.password.is_some() {
-                    problem(
-                        "store.username",
-                        "set both username and password, or neither".into(),
-                    );
+                    problem("store.username", "set both username and password, or neither".into());
                 }
                 check_measurements(&c.measurement, &c.events_measurement, &mut problem);
             }
             StoreConfig::InfluxV2(c) => {
                 if !url_ok(&c.url) {
-                    problem(
-                        "store.url",
-                        format!("{:?} must start with http:// or https://", c.url),
-                    );
+                    problem("store.url", format!("{:?} must start with http:// or https://", c.url));
                 }
                 if c.bucket.is_empty() {
                     problem("store.bucket", "must name the bucket".into());
@@ -278,15 +222,9 @@ impl CollectorConfig {
 }
 
 fn check_measurements(measurement: &str, events: &str, problem: &mut impl FnMut(&str, String)) {
-    for (key, name) in [
-        ("store.measurement", measurement),
-        ("store.events_measurement", events),
-    ] {
+    for (key, name) in [("store.measurement", measurement), ("store.events_measurement", events)] {
         if let Err(e) = edgeloop_shared::id::validate(name) {
-            problem(
-                key,
-                format!("{name:?} is not a usable measurement name: {e}"),
-            );
+            problem(key, format!("{name:?} is not a usable measurement name: {e}"));
         }
     }
 }
@@ -302,30 +240,22 @@ mod tests {
     #[test]
     fn defaults_to_the_embedded_broker() {
         let c = parse("[store]\nkind = \"local\"\npath = \"/tmp/x\"\n").unwrap();
-        let BrokerConfig::Embedded(b) = c.broker else {
-            panic!("embedded by default")
-        };
+        let BrokerConfig::Embedded(b) = c.broker else { panic!("embedded by default") };
         assert_eq!(b.listen.port(), 1883);
     }
 
     #[test]
     fn errors_name_the_key() {
-        let err = parse("[store]\nkind = \"influx_v1\"\nurl = \"localhost:8086\"\ndatabase = \"\"\nmeasurement = \"a b\"\n")
-            .unwrap_err()
-            .to_string();
+        let err =
+            parse("[store]\nkind = \"influx_v1\"\nurl = \"localhost:8086\"\ndatabase = \"\"\nmeasurement = \"a b\"\n")
+                .unwrap_err()
+                .to_string();
         assert!(
-            err.contains("store.url")
-                && err.contains("store.database")
-                && err.contains("store.measurement"),
+            err.contains("store.url") && err.contains("store.database") && err.contains("store.measurement"),
             "{err}"
         );
-        let err = parse("[store]\nkind = \"influx_v3\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("line 2") && err.contains("influx_v3") && err.contains("influx_v1"),
-            "{err}"
-        );
+        let err = parse("[store]\nkind = \"influx_v3\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("influx_v3") && err.contains("influx_v1"), "{err}");
     }
 
     #[test]

@@ -10,12 +10,10 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML config, strict parsing and validation.
-//! - [`broker`]: the embedded rumqttd broker.
 //! - [`ingest`]: the MQTT consumer, its per-batch pipeline and the dedup window.
 //! - [`store`]: InfluxDB (both write APIs), the embedded local store, line protocol.
 //! - [`stats`]: the collector's counters.
 
-pub mod broker;
 pub mod config;
 pub mod ingest;
 pub mod stats;
@@ -25,8 +23,9 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use edgeloop_shared::broker::{self, BrokerError, BrokerHandle};
+
 use crate::{
-    broker::{BrokerError, BrokerHandle},
     config::{BrokerConfig, CollectorConfig},
     ingest::IngestSettings,
     stats::CollectorStats,
@@ -86,33 +85,20 @@ fn random_secret() -> String {
 }
 
 /// Opens the store, starts the broker (when embedded) and the ingest task.
-pub async fn start(
-    config: &CollectorConfig,
-    shutdown: CancellationToken,
-) -> Result<Collector, StartError> {
+pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Result<Collector, StartError> {
     let store = Arc::new(Store::open(&config.store)?);
     let stats = Arc::new(CollectorStats::default());
     let tasks = TaskTracker::new();
     let ing = &config.ingest;
     let (broker, host, port, username, password) = match &config.broker {
         BrokerConfig::Embedded(cfg) => {
-            let internal = (!cfg.users.is_empty())
-                .then(|| (format!("{}-internal", ing.client_id), random_secret()));
+            let internal = (!cfg.users.is_empty()).then(|| (format!("{}-internal", ing.client_id), random_secret()));
             let handle = broker::start(cfg, internal.clone()).await?;
-            let (host, port) = (
-                handle.connect_addr.ip().to_string(),
-                handle.connect_addr.port(),
-            );
+            let (host, port) = (handle.connect_addr.ip().to_string(), handle.connect_addr.port());
             let (u, p) = internal.unzip();
             (Some(handle), host, port, u, p)
         }
-        BrokerConfig::External(cfg) => (
-            None,
-            cfg.host.clone(),
-            cfg.port,
-            cfg.username.clone(),
-            cfg.password.clone(),
-        ),
+        BrokerConfig::External(cfg) => (None, cfg.host.clone(), cfg.port, cfg.username.clone(), cfg.password.clone()),
     };
     let settings = IngestSettings {
         host,
@@ -126,31 +112,15 @@ pub async fn start(
         retry_max: ing.retry_max.0,
     };
     let (consuming_tx, mut consuming) = tokio::sync::watch::channel(false);
-    tasks.spawn(ingest::run(
-        settings,
-        store.clone(),
-        stats.clone(),
-        consuming_tx,
-        shutdown.clone(),
-    ));
+    tasks.spawn(ingest::run(settings, store.clone(), stats.clone(), consuming_tx, shutdown.clone()));
     if broker.is_some() {
         // Our own broker is up: anything published before the subscription would find no
         // consumer, so start() returns only once the collector consumes.
         let limit = std::time::Duration::from_secs(10);
-        if !matches!(
-            tokio::time::timeout(limit, consuming.wait_for(|c| *c)).await,
-            Ok(Ok(_))
-        ) {
+        if !matches!(tokio::time::timeout(limit, consuming.wait_for(|c| *c)).await, Ok(Ok(_))) {
             shutdown.cancel();
             return Err(StartError::NotConsuming(limit));
         }
     }
-    Ok(Collector {
-        stats,
-        consuming,
-        store,
-        broker,
-        tasks,
-        shutdown,
-    })
+    Ok(Collector { stats, consuming, store, broker, tasks, shutdown })
 }

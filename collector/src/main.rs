@@ -8,11 +8,7 @@ use edgeloop_collector::config::CollectorConfig;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "edgeloop-collector",
-    version,
-    about = "edgeloop cloud collector"
-)]
+#[command(name = "edgeloop-collector", version, about = "edgeloop cloud collector")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -55,8 +51,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Run { config } => {
             let config = CollectorConfig::load(&config)?;
-            let runtime =
-                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(run(config))
         }
     }
@@ -64,9 +59,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 async fn run(config: CollectorConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let collector = edgeloop_collector::start(&config, shutdown.clone())
-        .await
-        .context("cannot start the collector")?;
+    let collector = edgeloop_collector::start(&config, shutdown.clone()).await.context("cannot start the collector")?;
     if let Some(addr) = collector.broker_addr() {
         println!("edgeloop-collector: broker listening on {addr}");
     }

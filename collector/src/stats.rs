@@ -51,19 +51,13 @@ impl CollectorStats {
 
     /// Per-agent ingest, sorted by agent id.
     pub fn agents(&self) -> Vec<(String, AgentIngest)> {
-        let mut v: Vec<_> = self
-            .per_agent
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
-            .unwrap_or_default();
+        let mut v: Vec<_> =
+            self.per_agent.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default();
         v.sort_by(|a, b| a.0.cmp(&b.0));
         v
     }
 
     pub fn agent(&self, agent: &str) -> AgentIngest {
-        self.per_agent
-            .lock()
-            .map(|m| m.get(agent).copied().unwrap_or_default())
-            .unwrap_or_default()
+        self.per_agent.lock().map(|m| m.get(agent).copied().unwrap_or_default()).unwrap_or_default()
     }
 }

@@ -8,9 +8,7 @@
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
-use edgeloop_agent::config::{
-    AgentConfig, AgentSection, BufferConfig, SimulatedConfig, SourceConfig, UplinkConfig,
-};
+use edgeloop_agent::config::{AgentConfig, AgentSection, BufferConfig, SimulatedConfig, SourceConfig, UplinkConfig};
 use edgeloop_collector::config::{
     BrokerConfig, CollectorConfig, EmbeddedBroker, InfluxV1Config, LocalStoreConfig, StoreConfig,
 };
@@ -45,9 +43,7 @@ pub async fn run(
     out: &mut (dyn Write + Send),
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<GatewayTotals>> {
-    let dir = tempfile::Builder::new()
-        .prefix("edgeloop-demo-")
-        .tempdir()?;
+    let dir = tempfile::Builder::new().prefix("edgeloop-demo-").tempdir()?;
     let store = match &opts.influx_url {
         Some(url) => StoreConfig::InfluxV1(InfluxV1Config {
             url: url.clone(),
@@ -59,34 +55,21 @@ pub async fn run(
             events_measurement: "events".into(),
             timeout: HumanDuration(Duration::from_secs(10)),
         }),
-        None => StoreConfig::Local(LocalStoreConfig {
-            path: dir.path().join("collector-store"),
-        }),
+        None => StoreConfig::Local(LocalStoreConfig { path: dir.path().join("collector-store") }),
     };
     let collector_cfg = CollectorConfig {
-        broker: BrokerConfig::Embedded(EmbeddedBroker {
-            listen: ([127, 0, 0, 1], 0).into(),
-            ..Default::default()
-        }),
+        broker: BrokerConfig::Embedded(EmbeddedBroker { listen: ([127, 0, 0, 1], 0).into(), ..Default::default() }),
         ingest: Default::default(),
         store,
     };
     let collector_stop = CancellationToken::new();
     let collector = edgeloop_collector::start(&collector_cfg, collector_stop.clone()).await?;
-    let broker = collector
-        .broker_addr()
-        .ok_or_else(|| anyhow::anyhow!("the demo needs the embedded broker"))?;
+    let broker = collector.broker_addr().ok_or_else(|| anyhow::anyhow!("the demo needs the embedded broker"))?;
     let store_name = match &opts.influx_url {
         Some(url) => format!("InfluxDB {url} database {}", opts.influx_db),
-        None => format!(
-            "embedded store in {}",
-            dir.path().join("collector-store").display()
-        ),
+        None => format!("embedded store in {}", dir.path().join("collector-store").display()),
     };
-    writeln!(
-        out,
-        "edgeloop demo: collector broker on {broker}, {store_name}"
-    )?;
+    writeln!(out, "edgeloop demo: collector broker on {broker}, {store_name}")?;
     writeln!(
         out,
         "{} simulated gateways, one reading per sensor every {:?}; Ctrl-C stops\n",
@@ -98,15 +81,8 @@ pub async fn run(
     for i in 1..=opts.gateways {
         let id = format!("gateway-{i}");
         let config = AgentConfig {
-            agent: AgentSection {
-                id: id.clone(),
-                data_dir: dir.path().join(&id),
-            },
-            uplink: UplinkConfig {
-                host: broker.ip().to_string(),
-                port: broker.port(),
-                ..Default::default()
-            },
+            agent: AgentSection { id: id.clone(), data_dir: dir.path().join(&id) },
+            uplink: UplinkConfig { host: broker.ip().to_string(), port: broker.port(), ..Default::default() },
             buffer: BufferConfig::default(),
             sources: BTreeMap::from([(
                 format!("machine-{i}"),
@@ -117,10 +93,7 @@ pub async fn run(
                 }),
             )]),
         };
-        agents.push((
-            id,
-            edgeloop_agent::start(&config, agent_stop.child_token())?,
-        ));
+        agents.push((id, edgeloop_agent::start(&config, agent_stop.child_token()).await?));
     }
 
     let started = tokio::time::Instant::now();
@@ -141,17 +114,15 @@ pub async fn run(
     }
 
     // Orderly stop: sources first, then let every backlog drain so the totals can be compared.
-    writeln!(
-        out,
-        "\nstopping: sources off, draining the gateways' buffers..."
-    )?;
+    writeln!(out, "\nstopping: sources off, draining the gateways' buffers...")?;
     for (_, a) in &agents {
         a.stop_sources();
     }
     let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while agents.iter().any(|(_, a)| {
-        a.stats.snapshot().backlog > 0 || a.stats.snapshot().produced != a.stats.snapshot().accepted
-    }) && tokio::time::Instant::now() < drain_deadline
+    while agents
+        .iter()
+        .any(|(_, a)| a.stats.snapshot().backlog > 0 || a.stats.snapshot().produced != a.stats.snapshot().accepted)
+        && tokio::time::Instant::now() < drain_deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -160,17 +131,11 @@ pub async fn run(
         a.wait().await;
     }
     report(out, started.elapsed(), &agents, &collector)?;
-    let totals: Vec<GatewayTotals> = agents
-        .iter()
-        .map(|(id, a)| totals(id, a, &collector))
-        .collect();
+    let totals: Vec<GatewayTotals> = agents.iter().map(|(id, a)| totals(id, a, &collector)).collect();
     let produced: u64 = totals.iter().map(|t| t.produced).sum();
     let stored: u64 = totals.iter().map(|t| t.stored).sum();
     if produced == stored {
-        writeln!(
-            out,
-            "\nall {produced} readings produced were stored exactly once"
-        )?;
+        writeln!(out, "\nall {produced} readings produced were stored exactly once")?;
     } else {
         writeln!(
             out,
@@ -183,22 +148,13 @@ pub async fn run(
     Ok(totals)
 }
 
-fn totals(
-    id: &str,
-    agent: &edgeloop_agent::Agent,
-    collector: &edgeloop_collector::Collector,
-) -> GatewayTotals {
+fn totals(id: &str, agent: &edgeloop_agent::Agent, collector: &edgeloop_collector::Collector) -> GatewayTotals {
     let s = agent.stats.snapshot();
     let stored = match collector.store.local() {
         Some(local) => local.count_for(id),
         None => collector.stats.agent(id).points,
     };
-    GatewayTotals {
-        produced: s.produced,
-        accepted: s.accepted,
-        acked: s.acked,
-        stored,
-    }
+    GatewayTotals { produced: s.produced, accepted: s.accepted, acked: s.acked, stored }
 }
 
 fn report(

@@ -9,11 +9,7 @@ use edgeloop_shared::units::HumanDuration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "edgeloop",
-    version,
-    about = "edgeloop: IoT edge agent and cloud collector"
-)]
+#[command(name = "edgeloop", version, about = "edgeloop: IoT edge agent and cloud collector")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,21 +43,11 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,rumqttd=error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=error".into()),
         )
         .init();
-    let Cli {
-        command:
-            Command::Demo {
-                gateways,
-                period,
-                report_every,
-                duration,
-                influx_url,
-                influx_db,
-            },
-    } = Cli::parse();
+    let Cli { command: Command::Demo { gateways, period, report_every, duration, influx_url, influx_db } } =
+        Cli::parse();
     let opts = DemoOptions {
         gateways: gateways.max(1),
         period: period.0.max(Duration::from_micros(100)),

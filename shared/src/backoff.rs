@@ -14,12 +14,7 @@ pub struct Backoff {
 impl Backoff {
     /// `seed` spreads the jitter of different clients; any value works, distinct ones are better.
     pub fn new(min: Duration, max: Duration, seed: u64) -> Self {
-        Self {
-            min,
-            max: max.max(min),
-            current: min,
-            rng: seed | 1,
-        }
+        Self { min, max: max.max(min), current: min, rng: seed | 1 }
     }
 
     /// A backoff seeded from the clock and the process id.
@@ -60,10 +55,7 @@ mod tests {
         let mut ceiling = min;
         for _ in 0..20 {
             let d = b.next_delay();
-            assert!(
-                d >= min && d <= ceiling,
-                "{d:?} outside [{min:?}, {ceiling:?}]"
-            );
+            assert!(d >= min && d <= ceiling, "{d:?} outside [{min:?}, {ceiling:?}]");
             ceiling = (ceiling * 2).min(max);
         }
         b.reset();

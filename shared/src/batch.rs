@@ -38,32 +38,17 @@ pub struct Point {
 
 impl Batch {
     /// Groups `readings` per sensor (keeping each sensor's order) into batch `seq`.
-    pub fn from_readings<'a>(
-        agent: &str,
-        seq: u64,
-        readings: impl IntoIterator<Item = &'a Reading>,
-    ) -> Self {
+    pub fn from_readings<'a>(agent: &str, seq: u64, readings: impl IntoIterator<Item = &'a Reading>) -> Self {
         let mut series: Vec<Series> = Vec::new();
         for r in readings {
-            let point = Point {
-                ts_ns: r.ts_ns,
-                value: r.value,
-            };
+            let point = Point { ts_ns: r.ts_ns, value: r.value };
             // A gateway has tens of sensors, not thousands: a linear scan beats hashing here.
             match series.iter_mut().find(|s| s.sensor == r.sensor) {
                 Some(s) => s.points.push(point),
-                None => series.push(Series {
-                    sensor: r.sensor.clone(),
-                    points: alloc::vec![point],
-                }),
+                None => series.push(Series { sensor: r.sensor.clone(), points: alloc::vec![point] }),
             }
         }
-        Batch {
-            agent: agent.into(),
-            seq,
-            series,
-            events: Vec::new(),
-        }
+        Batch { agent: agent.into(), seq, series, events: Vec::new() }
     }
 
     /// Number of readings in the batch.
@@ -100,12 +85,8 @@ impl Batch {
             }
         }
         for e in &self.events {
-            crate::id::validate(&e.subject).map_err(|err| {
-                invalid(
-                    alloc::format!("event subject {:?}", e.subject),
-                    err.to_string(),
-                )
-            })?;
+            crate::id::validate(&e.subject)
+                .map_err(|err| invalid(alloc::format!("event subject {:?}", e.subject), err.to_string()))?;
         }
         Ok(())
     }
@@ -119,11 +100,7 @@ mod tests {
     fn readings() -> Vec<Reading> {
         (0..10)
             .map(|i| Reading {
-                sensor: if i % 2 == 0 {
-                    "temp".into()
-                } else {
-                    "vib".into()
-                },
+                sensor: if i % 2 == 0 { "temp".into() } else { "vib".into() },
                 ts_ns: 1_000 + i,
                 value: i as f64,
             })
@@ -143,14 +120,7 @@ mod tests {
         });
         assert_eq!(b.series.len(), 2);
         assert_eq!(b.series[0].sensor, "temp");
-        assert_eq!(
-            b.series[0]
-                .points
-                .iter()
-                .map(|p| p.ts_ns)
-                .collect::<Vec<_>>(),
-            [1000, 1002, 1004, 1006, 1008]
-        );
+        assert_eq!(b.series[0].points.iter().map(|p| p.ts_ns).collect::<Vec<_>>(), [1000, 1002, 1004, 1006, 1008]);
         assert_eq!(b.point_count(), 10);
         let bytes = b.encode().unwrap();
         assert_eq!(bytes[0], WIRE_VERSION);
@@ -162,23 +132,15 @@ mod tests {
         let mut b = Batch::from_readings("gw-1", 1, &readings());
         b.series[1].points[2].value = f64::NAN;
         let err = Batch::decode(&b.encode().unwrap()).unwrap_err().to_string();
-        assert!(
-            err.contains("\"vib\"") && err.contains("not a finite number"),
-            "{err}"
-        );
+        assert!(err.contains("\"vib\"") && err.contains("not a finite number"), "{err}");
 
         let b = Batch::from_readings("gw/1", 1, &readings());
         let err = Batch::decode(&b.encode().unwrap()).unwrap_err().to_string();
         assert!(err.contains("agent id \"gw/1\""), "{err}");
 
-        let bytes = Batch::from_readings("gw-1", 1, &readings())
-            .encode()
-            .unwrap();
+        let bytes = Batch::from_readings("gw-1", 1, &readings()).encode().unwrap();
         for cut in 0..bytes.len() {
-            assert!(
-                Batch::decode(&bytes[..cut]).is_err(),
-                "a batch cut at {cut} bytes must not decode"
-            );
+            assert!(Batch::decode(&bytes[..cut]).is_err(), "a batch cut at {cut} bytes must not decode");
         }
     }
 }

@@ -31,18 +31,9 @@ const CRC_LEN: usize = 4;
 pub enum NodeMessage {
     /// One value of one channel. `ts_us` is the node's own clock (µs since the Unix epoch) when it
     /// has one; otherwise the gateway timestamps the reading on arrival.
-    Reading {
-        channel: u16,
-        seq: u32,
-        ts_us: Option<u64>,
-        value: f32,
-    },
+    Reading { channel: u16, seq: u32, ts_us: Option<u64>, value: f32 },
     /// Sent periodically so the gateway can tell a quiet node from a dead one.
-    Heartbeat {
-        seq: u32,
-        uptime_ms: u64,
-        tripped: bool,
-    },
+    Heartbeat { seq: u32, uptime_ms: u64, tripped: bool },
 }
 
 /// What a gateway sends down to a sensor node. New variants are only ever appended.
@@ -85,10 +76,9 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut [u8]) -> Result<usize, FrameError
     body[0] = FRAME_VERSION;
     let msg_len = postcard::to_slice(msg, &mut body[1..MAX_FRAME_BODY - CRC_LEN])
         .map_err(|e| match e {
-            postcard::Error::SerializeBufferFull => FrameError::Oversized {
-                len: MAX_FRAME_BODY,
-                limit: MAX_FRAME_BODY,
-            },
+            postcard::Error::SerializeBufferFull => {
+                FrameError::Oversized { len: MAX_FRAME_BODY, limit: MAX_FRAME_BODY }
+            }
             other => FrameError::Decode(other),
         })?
         .len();
@@ -99,15 +89,9 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut [u8]) -> Result<usize, FrameError
 
     let needed = cobs::max_encoding_length(body.len()) + 1;
     if out.len() < needed {
-        return Err(FrameError::BufferTooSmall {
-            len: out.len(),
-            needed,
-        });
+        return Err(FrameError::BufferTooSmall { len: out.len(), needed });
     }
-    let n = cobs::try_encode(body, out).map_err(|_| FrameError::BufferTooSmall {
-        len: out.len(),
-        needed,
-    })?;
+    let n = cobs::try_encode(body, out).map_err(|_| FrameError::BufferTooSmall { len: out.len(), needed })?;
     out[n] = 0;
     Ok(n + 1)
 }
@@ -159,11 +143,7 @@ impl<const N: usize> Default for FrameDecoder<N> {
 
 impl<const N: usize> FrameDecoder<N> {
     pub const fn new() -> Self {
-        Self {
-            buf: [0; N],
-            len: 0,
-            overflowed: false,
-        }
+        Self { buf: [0; N], len: 0, overflowed: false }
     }
 
     /// Bytes of an unfinished frame held right now.
@@ -191,10 +171,7 @@ impl<const N: usize> FrameDecoder<N> {
         }
         let len = core::mem::replace(&mut self.len, 0);
         if core::mem::replace(&mut self.overflowed, false) {
-            return Some(Err(FrameError::Oversized {
-                len: N + 1,
-                limit: N,
-            }));
+            return Some(Err(FrameError::Oversized { len: N + 1, limit: N }));
         }
         if len == 0 {
             return None;
@@ -203,11 +180,7 @@ impl<const N: usize> FrameDecoder<N> {
     }
 
     /// Feeds a chunk of bytes, calling `on_frame` for every frame the chunk completes.
-    pub fn feed<T: DeserializeOwned>(
-        &mut self,
-        bytes: &[u8],
-        mut on_frame: impl FnMut(Result<T, FrameError>),
-    ) {
+    pub fn feed<T: DeserializeOwned>(&mut self, bytes: &[u8], mut on_frame: impl FnMut(Result<T, FrameError>)) {
         for &b in bytes {
             if let Some(outcome) = self.push(b) {
                 on_frame(outcome);
@@ -240,25 +213,12 @@ mod tests {
     fn round_trips_every_message_kind() {
         let msgs = [
             reading(1),
-            NodeMessage::Reading {
-                channel: 0,
-                seq: 0,
-                ts_us: None,
-                value: 0.0,
-            },
-            NodeMessage::Heartbeat {
-                seq: 9,
-                uptime_ms: u64::MAX,
-                tripped: true,
-            },
+            NodeMessage::Reading { channel: 0, seq: 0, ts_us: None, value: 0.0 },
+            NodeMessage::Heartbeat { seq: 9, uptime_ms: u64::MAX, tripped: true },
         ];
         for m in msgs {
             let wire = encode_to_vec(&m).unwrap();
-            assert_eq!(
-                wire.iter().filter(|&&b| b == 0).count(),
-                1,
-                "only the delimiter is zero"
-            );
+            assert_eq!(wire.iter().filter(|&&b| b == 0).count(), 1, "only the delimiter is zero");
             assert_eq!(decode_all(&wire), vec![Ok(m)]);
         }
         let down = GatewayMessage::Trip { rule: 3 };
@@ -282,22 +242,10 @@ mod tests {
         stream.extend(encode_to_vec(&reading(5)).unwrap());
         let out = decode_all(&stream);
         assert_eq!(out.len(), 5, "{out:?}");
-        assert!(
-            out[0].is_err(),
-            "noise + frame is one bad frame: {:?}",
-            out[0]
-        );
+        assert!(out[0].is_err(), "noise + frame is one bad frame: {:?}", out[0]);
         assert_eq!(out[1], Ok(reading(2)));
-        assert!(
-            matches!(out[2], Err(FrameError::Crc { .. }) | Err(FrameError::Cobs)),
-            "{:?}",
-            out[2]
-        );
-        assert!(
-            out[3].is_err(),
-            "a frame cut in half is an error: {:?}",
-            out[3]
-        );
+        assert!(matches!(out[2], Err(FrameError::Crc { .. }) | Err(FrameError::Cobs)), "{:?}", out[2]);
+        assert!(out[3].is_err(), "a frame cut in half is an error: {:?}", out[3]);
         assert_eq!(out[4], Ok(reading(5)));
     }
 
@@ -308,11 +256,7 @@ mod tests {
         d.feed(&[1u8; 100], |r| out.push(r));
         d.feed(&[0], |r| out.push(r));
         assert_eq!(out, vec![Err(FrameError::Oversized { len: 17, limit: 16 })]);
-        let m = NodeMessage::Heartbeat {
-            seq: 1,
-            uptime_ms: 2,
-            tripped: false,
-        };
+        let m = NodeMessage::Heartbeat { seq: 1, uptime_ms: 2, tripped: false };
         d.feed(&encode_to_vec(&m).unwrap(), |r| out.push(r));
         assert_eq!(out.last(), Some(&Ok(m)));
     }
@@ -324,23 +268,14 @@ mod tests {
         let crc = CRC.checksum(&body);
         body.extend(crc.to_le_bytes());
         let mut wire = cobs::encode_vec(&body);
-        assert_eq!(
-            decode_body::<NodeMessage>(&mut wire),
-            Err(FrameError::Version { found: 2 })
-        );
+        assert_eq!(decode_body::<NodeMessage>(&mut wire), Err(FrameError::Version { found: 2 }));
     }
 
     #[test]
     fn short_frames_and_small_buffers_are_errors() {
-        assert_eq!(
-            decode_all(&[0x02, 0x01, 0x00]),
-            vec![Err(FrameError::TooShort { len: 1 })]
-        );
+        assert_eq!(decode_all(&[0x02, 0x01, 0x00]), vec![Err(FrameError::TooShort { len: 1 })]);
         let mut small = [0u8; 4];
-        assert!(matches!(
-            encode(&reading(1), &mut small),
-            Err(FrameError::BufferTooSmall { .. })
-        ));
+        assert!(matches!(encode(&reading(1), &mut small), Err(FrameError::BufferTooSmall { .. })));
     }
 
     /// Deterministic pseudo-random bytes, with and without valid frames mixed in: the decoder must

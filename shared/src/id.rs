@@ -25,10 +25,7 @@ pub fn validate(id: &str) -> Result<(), IdError> {
     if id.len() > MAX_ID_LEN {
         return Err(IdError::TooLong { len: id.len() });
     }
-    match id
-        .char_indices()
-        .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
+    match id.char_indices().find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
         Some((at, found)) => Err(IdError::BadChar { found, at }),
         None => Ok(()),
     }

@@ -5,6 +5,7 @@
 //!
 //! # Layout
 //! - [`backoff`]: jittered exponential retry delays (reconnects, database retries).
+//! - `broker` (feature `broker`): the embedded rumqttd MQTT broker.
 //! - [`id`]: validation of agent and sensor identifiers (they become MQTT topic levels and InfluxDB tags).
 //! - [`frame`]: the serial frame a sensor node sends (COBS + version byte + postcard + CRC-32) and its
 //!   incremental, never-panicking decoder.
@@ -18,6 +19,8 @@
 extern crate alloc;
 
 pub mod backoff;
+#[cfg(feature = "broker")]
+pub mod broker;
 pub mod frame;
 pub mod id;
 pub mod topic;

@@ -41,6 +41,9 @@ pub enum EventKind {
     SensorRecovered,
     /// The agent's buffer was full and dropped this many telemetry readings.
     Dropped { readings: u64 },
+    /// A device's own clock is further from the gateway's than allowed; its readings are
+    /// stamped with the gateway's time instead.
+    ClockSkew { skew_ms: i64 },
 }
 
 impl EventKind {
@@ -53,6 +56,7 @@ impl EventKind {
             EventKind::SensorStale => "sensor_stale",
             EventKind::SensorRecovered => "sensor_recovered",
             EventKind::Dropped { .. } => "dropped",
+            EventKind::ClockSkew { .. } => "clock_skew",
         }
     }
 }
@@ -78,6 +82,14 @@ pub struct Event {
     pub message: String,
     /// The values that caused it, by name.
     pub values: Vec<(String, f64)>,
+}
+
+/// The binary MQTT payload a sensor may publish (behind the wire version byte): one value,
+/// with the device's own timestamp when it has a clock.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DeviceReading {
+    pub ts_ns: Option<i64>,
+    pub value: f64,
 }
 
 /// The collector's end-to-end answer to a batch, sent on the agent's `ack` topic.
@@ -151,37 +163,18 @@ mod tests {
 
     #[test]
     fn acks_and_commands_round_trip() {
-        let ack = Ack {
-            seq: 42,
-            status: AckStatus::Stored { points: 1000 },
-        };
+        let ack = Ack { seq: 42, status: AckStatus::Stored { points: 1000 } };
         assert_eq!(from_wire::<Ack>(&to_wire(&ack).unwrap()), Ok(ack));
-        let cmd = Command {
-            id: 7,
-            issued_ns: 1,
-            action: CommandAction::ResetLatch {
-                rule: "overtemp".into(),
-            },
-        };
+        let cmd = Command { id: 7, issued_ns: 1, action: CommandAction::ResetLatch { rule: "overtemp".into() } };
         assert_eq!(from_wire::<Command>(&to_wire(&cmd).unwrap()), Ok(cmd));
     }
 
     #[test]
     fn malformed_payloads_are_named() {
         assert_eq!(from_wire::<Ack>(&[]), Err(WireError::Empty));
-        assert_eq!(
-            from_wire::<Ack>(&[9, 1, 2]),
-            Err(WireError::Version { found: 9 })
-        );
-        assert!(matches!(
-            from_wire::<Ack>(&[WIRE_VERSION]),
-            Err(WireError::Codec(_))
-        ));
-        let mut bytes = to_wire(&Ack {
-            seq: 1,
-            status: AckStatus::Stored { points: 1 },
-        })
-        .unwrap();
+        assert_eq!(from_wire::<Ack>(&[9, 1, 2]), Err(WireError::Version { found: 9 }));
+        assert!(matches!(from_wire::<Ack>(&[WIRE_VERSION]), Err(WireError::Codec(_))));
+        let mut bytes = to_wire(&Ack { seq: 1, status: AckStatus::Stored { points: 1 } }).unwrap();
         bytes.push(0);
         assert_eq!(from_wire::<Ack>(&bytes), Err(WireError::Trailing(1)));
     }

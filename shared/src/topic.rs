@@ -72,13 +72,7 @@ mod tests {
 
     #[test]
     fn topics_round_trip() {
-        for ch in [
-            Channel::Telemetry,
-            Channel::Events,
-            Channel::Status,
-            Channel::Ack,
-            Channel::Cmd,
-        ] {
+        for ch in [Channel::Telemetry, Channel::Events, Channel::Status, Channel::Ack, Channel::Cmd] {
             let t = topic("gw-1", ch);
             assert_eq!(parse(&t), Some(("gw-1", ch)));
         }

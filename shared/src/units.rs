@@ -30,9 +30,7 @@ const SIZE_UNITS: &str = "B, KiB, MiB, GiB, KB, MB or GB (e.g. \"64MiB\")";
 
 fn split_number(s: &str) -> Result<(f64, &str), UnitError> {
     let s = s.trim();
-    let end = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(end);
     let value: f64 = num.parse().map_err(|_| UnitError::NoNumber)?;
     Ok((value, unit.trim()))
@@ -89,17 +87,13 @@ impl<T: core::str::FromStr<Err = UnitError>> Visitor<'_> for UnitVisitor<T> {
         f.write_str(self.0)
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        v.parse()
-            .map_err(|e| E::custom(format_args!("invalid value {v:?}: {e}")))
+        v.parse().map_err(|e| E::custom(format_args!("invalid value {v:?}: {e}")))
     }
 }
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_str(UnitVisitor(
-            "a duration with a unit, e.g. \"250ms\"",
-            core::marker::PhantomData,
-        ))
+        d.deserialize_str(UnitVisitor("a duration with a unit, e.g. \"250ms\"", core::marker::PhantomData))
     }
 }
 
@@ -115,9 +109,7 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 UnitVisitor::<ByteSize>("", core::marker::PhantomData).visit_str(v)
@@ -139,22 +131,10 @@ mod tests {
 
     #[test]
     fn parses_the_units_engineers_write() {
-        assert_eq!(
-            "250ms".parse::<HumanDuration>(),
-            Ok(HumanDuration(Duration::from_millis(250)))
-        );
-        assert_eq!(
-            "1.5s".parse::<HumanDuration>(),
-            Ok(HumanDuration(Duration::from_millis(1500)))
-        );
-        assert_eq!(
-            "2m".parse::<HumanDuration>(),
-            Ok(HumanDuration(Duration::from_secs(120)))
-        );
-        assert_eq!(
-            "100us".parse::<HumanDuration>(),
-            Ok(HumanDuration(Duration::from_micros(100)))
-        );
+        assert_eq!("250ms".parse::<HumanDuration>(), Ok(HumanDuration(Duration::from_millis(250))));
+        assert_eq!("1.5s".parse::<HumanDuration>(), Ok(HumanDuration(Duration::from_millis(1500))));
+        assert_eq!("2m".parse::<HumanDuration>(), Ok(HumanDuration(Duration::from_secs(120))));
+        assert_eq!("100us".parse::<HumanDuration>(), Ok(HumanDuration(Duration::from_micros(100))));
         assert_eq!("64MiB".parse::<ByteSize>(), Ok(ByteSize(64 << 20)));
         assert_eq!("1GB".parse::<ByteSize>(), Ok(ByteSize(1_000_000_000)));
         assert_eq!("512".parse::<ByteSize>(), Ok(ByteSize(512)));
@@ -162,18 +142,9 @@ mod tests {
 
     #[test]
     fn refuses_missing_or_unknown_units() {
-        assert_eq!(
-            "250".parse::<HumanDuration>(),
-            Err(UnitError::UnknownUnit(DURATION_UNITS))
-        );
+        assert_eq!("250".parse::<HumanDuration>(), Err(UnitError::UnknownUnit(DURATION_UNITS)));
         assert_eq!("fast".parse::<HumanDuration>(), Err(UnitError::NoNumber));
-        assert_eq!(
-            "3 parsecs".parse::<ByteSize>(),
-            Err(UnitError::UnknownUnit(SIZE_UNITS))
-        );
-        assert_eq!(
-            "1e30".parse::<ByteSize>(),
-            Err(UnitError::UnknownUnit(SIZE_UNITS))
-        );
+        assert_eq!("3 parsecs".parse::<ByteSize>(), Err(UnitError::UnknownUnit(SIZE_UNITS)));
+        assert_eq!("1e30".parse::<ByteSize>(), Err(UnitError::UnknownUnit(SIZE_UNITS)));
     }
 }

@@ -38,41 +38,24 @@ async fn send_through(
     store: StoreConfig,
     total: u64,
     period: Duration,
-) -> (
-    edgeloop_collector::Collector,
-    edgeloop_agent::Agent,
-    tempfile::TempDir,
-) {
+) -> (edgeloop_collector::Collector, edgeloop_agent::Agent, tempfile::TempDir) {
     harness::init_tracing();
     let stop = CancellationToken::new();
-    let collector = edgeloop_collector::start(
-        &harness::collector_config(([127, 0, 0, 1], 0).into(), store),
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let collector =
+        edgeloop_collector::start(&harness::collector_config(([127, 0, 0, 1], 0).into(), store), stop.clone())
+            .await
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let agent_cfg = harness::agent_config(
-        "gw-1",
-        dir.path(),
-        collector.broker_addr().unwrap(),
-        harness::fast(total, period),
-    );
-    let agent = edgeloop_agent::start(&agent_cfg, stop.child_token()).unwrap();
-    harness::wait_for(
-        "every reading to be acknowledged",
-        Duration::from_secs(180),
-        || async {
-            let s = agent.stats.snapshot();
-            (s.acked == total && s.backlog == 0).then_some(())
-        },
-    )
+    let agent_cfg =
+        harness::agent_config("gw-1", dir.path(), collector.broker_addr().unwrap(), harness::fast(total, period));
+    let agent = edgeloop_agent::start(&agent_cfg, stop.child_token()).await.unwrap();
+    harness::wait_for("every reading to be acknowledged", Duration::from_secs(180), || async {
+        let s = agent.stats.snapshot();
+        (s.acked == total && s.backlog == 0).then_some(())
+    })
     .await;
     let s = agent.stats.snapshot();
-    assert_eq!(
-        (s.produced, s.accepted, s.acked, s.rejected),
-        (total, total, total, 0)
-    );
+    assert_eq!((s.produced, s.accepted, s.acked, s.rejected), (total, total, total, 0));
     assert_eq!(collector.stats.malformed.load(Relaxed), 0);
     (collector, agent, dir)
 }
@@ -80,19 +63,9 @@ async fn send_through(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn influxdb_1_6_stores_exactly_100k_readings() {
     let influx = Influx1::start("edgeloop").await;
-    let (collector, _agent, _dir) = send_through(
-        v1(&influx.url, "edgeloop"),
-        100_000,
-        Duration::from_millis(1),
-    )
-    .await;
+    let (collector, _agent, _dir) = send_through(v1(&influx.url, "edgeloop"), 100_000, Duration::from_millis(1)).await;
     assert_eq!(influx.count("edgeloop", "readings", "value").await, 100_000);
-    let per_sensor = influx
-        .query(
-            "edgeloop",
-            "SELECT count(value) FROM readings GROUP BY sensor, agent",
-        )
-        .await;
+    let per_sensor = influx.query("edgeloop", "SELECT count(value) FROM readings GROUP BY sensor, agent").await;
     let series = per_sensor["results"][0]["series"].as_array().unwrap();
     assert_eq!(series.len(), 2, "two sensors of one agent: {per_sensor}");
     assert_eq!(series[0]["tags"]["agent"], "gw-1");
@@ -113,14 +86,10 @@ async fn victoria_metrics_through_the_v2_api_stores_exactly_100k_readings() {
     });
     // VictoriaMetrics keeps milliseconds: readings of one sensor must be at least 1 ms apart.
     let (_collector, _agent, _dir) = send_through(store, 100_000, Duration::from_millis(2)).await;
-    let count = harness::wait_for(
-        "VictoriaMetrics to show 100,000 samples",
-        Duration::from_secs(30),
-        || async {
-            let n = vm.count("readings_value").await;
-            (n >= 100_000).then_some(n)
-        },
-    )
+    let count = harness::wait_for("VictoriaMetrics to show 100,000 samples", Duration::from_secs(30), || async {
+        let n = vm.count("readings_value").await;
+        (n >= 100_000).then_some(n)
+    })
     .await;
     assert_eq!(count, 100_000);
 }
@@ -158,54 +127,30 @@ async fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
 
     // 2,000 readings/s in real time for ~10 s, so the kill lands mid-stream.
     let total = 20_000;
-    let sim = SimulatedConfig {
-        period: HumanDuration(Duration::from_millis(1)),
-        realtime: true,
-        limit: Some(total),
-    };
-    let agent_cfg = harness::agent_config(
-        "gw-kill",
-        &dir.path().join("agent"),
-        ([127, 0, 0, 1], port).into(),
-        sim,
-    );
+    let sim = SimulatedConfig { period: HumanDuration(Duration::from_millis(1)), realtime: true, limit: Some(total) };
+    let agent_cfg = harness::agent_config("gw-kill", &dir.path().join("agent"), ([127, 0, 0, 1], port).into(), sim);
     let stop = CancellationToken::new();
-    let agent = edgeloop_agent::start(&agent_cfg, stop.clone()).unwrap();
+    let agent = edgeloop_agent::start(&agent_cfg, stop.clone()).await.unwrap();
 
-    harness::wait_for(
-        "the first readings in InfluxDB",
-        Duration::from_secs(60),
-        || async { (influx.count("edgeloop", "readings", "value").await >= 3_000).then_some(()) },
-    )
+    harness::wait_for("the first readings in InfluxDB", Duration::from_secs(60), || async {
+        (influx.count("edgeloop", "readings", "value").await >= 3_000).then_some(())
+    })
     .await;
     collector.kill().unwrap(); // SIGKILL
     collector.wait().unwrap();
     let stored_at_kill = influx.count("edgeloop", "readings", "value").await;
-    assert!(
-        stored_at_kill < total,
-        "the kill must land mid-stream ({stored_at_kill} stored)"
-    );
+    assert!(stored_at_kill < total, "the kill must land mid-stream ({stored_at_kill} stored)");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        !agent.stats.snapshot().uplink_connected,
-        "the agent noticed the collector died"
-    );
+    assert!(!agent.stats.snapshot().uplink_connected, "the agent noticed the collector died");
 
     let mut collector = spawn();
-    harness::wait_for(
-        "every reading acknowledged after the restart",
-        Duration::from_secs(120),
-        || async {
-            let s = agent.stats.snapshot();
-            (s.acked == total && s.backlog == 0).then_some(())
-        },
-    )
+    harness::wait_for("every reading acknowledged after the restart", Duration::from_secs(120), || async {
+        let s = agent.stats.snapshot();
+        (s.acked == total && s.backlog == 0).then_some(())
+    })
     .await;
     assert_eq!(influx.count("edgeloop", "readings", "value").await, total);
-    assert!(
-        agent.stats.snapshot().batches_resent > 0 || stored_at_kill == 0,
-        "in-flight batches were re-sent"
-    );
+    assert!(agent.stats.snapshot().batches_resent > 0 || stored_at_kill == 0, "in-flight batches were re-sent");
     stop.cancel();
     agent.wait().await;
     collector.kill().unwrap();
@@ -218,9 +163,7 @@ async fn collector_killed_mid_stream_loses_and_duplicates_nothing() {
 async fn bad_batches_are_counted_and_the_stream_goes_on() {
     harness::init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let store = StoreConfig::Local(LocalStoreConfig {
-        path: dir.path().join("store"),
-    });
+    let store = StoreConfig::Local(LocalStoreConfig { path: dir.path().join("store") });
     let collector = edgeloop_collector::start(
         &harness::collector_config(([127, 0, 0, 1], 0).into(), store),
         CancellationToken::new(),
@@ -232,38 +175,17 @@ async fn bad_batches_are_counted_and_the_stream_goes_on() {
     let mut opts = MqttOptions::new("gw-bad", broker.ip().to_string(), broker.port());
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::new(opts, 16);
-    client
-        .subscribe(topic("gw-bad", Channel::Ack), QoS::AtLeastOnce)
-        .await
-        .unwrap();
+    client.subscribe(topic("gw-bad", Channel::Ack), QoS::AtLeastOnce).await.unwrap();
     let telemetry = topic("gw-bad", Channel::Telemetry);
-    let readings: Vec<Reading> = (0..10)
-        .map(|i| Reading {
-            sensor: "temp".into(),
-            ts_ns: 1_000 + i,
-            value: 20.0,
-        })
-        .collect();
+    let readings: Vec<Reading> =
+        (0..10).map(|i| Reading { sensor: "temp".into(), ts_ns: 1_000 + i, value: 20.0 }).collect();
 
-    let spoofed = Batch::from_readings("gw-other", 1, &readings)
-        .encode()
-        .unwrap();
+    let spoofed = Batch::from_readings("gw-other", 1, &readings).encode().unwrap();
     let mut nan = Batch::from_readings("gw-bad", 2, &readings);
     nan.series[0].points[3].value = f64::NAN;
-    let good = Batch::from_readings("gw-bad", 3, &readings)
-        .encode()
-        .unwrap();
-    for payload in [
-        vec![0xde, 0xad, 0xbe, 0xef],
-        vec![],
-        spoofed,
-        nan.encode().unwrap(),
-        good,
-    ] {
-        client
-            .publish(&telemetry, QoS::AtLeastOnce, false, payload)
-            .await
-            .unwrap();
+    let good = Batch::from_readings("gw-bad", 3, &readings).encode().unwrap();
+    for payload in [vec![0xde, 0xad, 0xbe, 0xef], vec![], spoofed, nan.encode().unwrap(), good] {
+        client.publish(&telemetry, QoS::AtLeastOnce, false, payload).await.unwrap();
     }
 
     let ack = tokio::time::timeout(Duration::from_secs(20), async {
@@ -275,18 +197,8 @@ async fn bad_batches_are_counted_and_the_stream_goes_on() {
     })
     .await
     .expect("the good batch is acknowledged");
-    assert_eq!(
-        ack,
-        Ack {
-            seq: 3,
-            status: AckStatus::Stored { points: 10 }
-        }
-    );
-    assert_eq!(
-        collector.stats.malformed.load(Relaxed),
-        3,
-        "garbage, empty and NaN"
-    );
+    assert_eq!(ack, Ack { seq: 3, status: AckStatus::Stored { points: 10 } });
+    assert_eq!(collector.stats.malformed.load(Relaxed), 3, "garbage, empty and NaN");
     assert_eq!(collector.stats.spoofed.load(Relaxed), 1);
     assert_eq!(collector.store.local().unwrap().count_for("gw-bad"), 10);
     assert_eq!(collector.store.local().unwrap().count_for("gw-other"), 0);
@@ -297,47 +209,22 @@ async fn bad_batches_are_counted_and_the_stream_goes_on() {
 fn bad_config_is_refused_with_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.toml");
-    std::fs::write(
-        &path,
-        "[agent]\nid = \"gw-1\"\ndata_dir = \"/tmp/x\"\n\n[uplink]\nport = \"eighty\"\n",
-    )
-    .unwrap();
-    let out = Command::new(harness::binary("edgeloop-agent"))
-        .arg("check")
-        .arg(&path)
-        .output()
-        .unwrap();
+    std::fs::write(&path, "[agent]\nid = \"gw-1\"\ndata_dir = \"/tmp/x\"\n\n[uplink]\nport = \"eighty\"\n").unwrap();
+    let out = Command::new(harness::binary("edgeloop-agent")).arg("check").arg(&path).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("agent.toml") && err.contains("line 6") && err.contains("port"),
-        "{err}"
-    );
+    assert!(err.contains("agent.toml") && err.contains("line 6") && err.contains("port"), "{err}");
 
     std::fs::write(&path, "[agent]\nid = \"gw 1\"\ndata_dir = \"\"\n").unwrap();
-    let out = Command::new(harness::binary("edgeloop-agent"))
-        .arg("check")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = Command::new(harness::binary("edgeloop-agent")).arg("check").arg(&path).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("agent.id") && err.contains("agent.data_dir") && err.contains("sources"),
-        "{err}"
-    );
+    assert!(err.contains("agent.id") && err.contains("agent.data_dir") && err.contains("sources"), "{err}");
 
     let path = dir.path().join("collector.toml");
     std::fs::write(&path, "[store]\nkind = \"influx_v1\"\nurl = \"http://x\"\n").unwrap();
-    let out = Command::new(harness::binary("edgeloop-collector"))
-        .arg("check")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = Command::new(harness::binary("edgeloop-collector")).arg("check").arg(&path).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("database") && err.contains("line 1"),
-        "{err}"
-    );
+    assert!(!out.status.success() && err.contains("database") && err.contains("line 1"), "{err}");
 }
 
 /// `edgeloop demo`, shortened: every reading its gateways produce is stored exactly once.
@@ -353,18 +240,12 @@ async fn the_demo_stores_every_reading_it_produces() {
         influx_db: "edgeloop".into(),
     };
     let mut out = Vec::new();
-    let totals = edgeloop::run(opts, &mut out, CancellationToken::new())
-        .await
-        .unwrap();
+    let totals = edgeloop::run(opts, &mut out, CancellationToken::new()).await.unwrap();
     let text = String::from_utf8(out).unwrap();
     assert_eq!(totals.len(), 2);
     for t in &totals {
         assert!(t.produced > 500, "{t:?}\n{text}");
-        assert_eq!(
-            (t.accepted, t.acked, t.stored),
-            (t.produced, t.produced, t.produced),
-            "{text}"
-        );
+        assert_eq!((t.accepted, t.acked, t.stored), (t.produced, t.produced, t.produced), "{text}");
     }
     assert!(text.contains("stored exactly once"), "{text}");
 }

@@ -16,11 +16,18 @@ use std::{
     time::Duration,
 };
 
-use edgeloop_shared::model::Reading;
+use edgeloop_shared::model::{Event, Reading};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::AgentStats;
+
+/// What the intake takes: a reading, or an event that travels with the readings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Reading(Reading),
+    Event(Event),
+}
 
 /// How the intake groups readings.
 #[derive(Debug, Clone)]
@@ -37,14 +44,14 @@ pub struct IntakeSettings {
 pub async fn run_intake(
     settings: IntakeSettings,
     buffer: Buffer,
-    mut input: mpsc::Receiver<Reading>,
+    mut input: mpsc::Receiver<Record>,
     committed: watch::Sender<u64>,
     stats: Arc<AgentStats>,
     shutdown: CancellationToken,
 ) -> Result<(), BufferError> {
     // A group holds at most this many readings, so one commit stays short and memory bounded.
     let group_max = settings.batch_max_readings.saturating_mul(8).max(1);
-    let mut pending: Vec<Reading> = Vec::with_capacity(group_max);
+    let mut pending: Vec<Record> = Vec::with_capacity(group_max);
     let mut closed = false;
     while !closed {
         tokio::select! {
@@ -79,19 +86,26 @@ pub async fn run_intake(
 async fn commit(
     settings: &IntakeSettings,
     buffer: &Buffer,
-    pending: &mut Vec<Reading>,
+    pending: &mut Vec<Record>,
     committed: &watch::Sender<u64>,
     stats: &AgentStats,
 ) -> Result<(), BufferError> {
     if pending.is_empty() {
         return Ok(());
     }
-    let last_seq = buffer
-        .append(&settings.agent, pending, settings.batch_max_readings)
-        .await?;
-    let n = pending.len() as u64;
-    pending.clear();
+    let mut readings = Vec::with_capacity(pending.len());
+    let mut events = Vec::new();
+    for r in pending.drain(..) {
+        match r {
+            Record::Reading(r) => readings.push(r),
+            Record::Event(e) => events.push(e),
+        }
+    }
+    let n_events = events.len() as u64;
+    let last_seq = buffer.append(&settings.agent, &readings, events, settings.batch_max_readings).await?;
+    let n = readings.len() as u64;
     stats.accepted.fetch_add(n, Relaxed);
+    stats.events_accepted.fetch_add(n_events, Relaxed);
     stats.backlog.fetch_add(n, Relaxed);
     committed.send_replace(last_seq);
     Ok(())

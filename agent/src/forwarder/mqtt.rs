@@ -86,9 +86,7 @@ pub async fn run(
                     backoff.reset();
                     Uplink::Connected
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == poll_ack_topic => {
-                    Uplink::Ack(p.payload.to_vec())
-                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == poll_ack_topic => Uplink::Ack(p.payload.to_vec()),
                 Ok(_) => continue,
                 Err(e) => {
                     let delay = backoff.next_delay();
@@ -130,15 +128,7 @@ pub async fn run(
                     continue;
                 };
                 let resend = send.resend;
-                if client
-                    .try_publish(
-                        &telemetry_topic,
-                        QoS::AtLeastOnce,
-                        false,
-                        send.payload.to_vec(),
-                    )
-                    .is_err()
-                {
+                if client.try_publish(&telemetry_topic, QoS::AtLeastOnce, false, send.payload.to_vec()).is_err() {
                     break; // client queue full: the next tick tries again
                 }
                 window.mark_sent(seq, now);
@@ -196,9 +186,7 @@ fn on_ack(
         return Ok(()); // a duplicate ack for a batch already gone
     };
     let readings = readings as u64;
-    stats
-        .backlog
-        .fetch_sub(readings.min(stats.backlog.load(Relaxed)), Relaxed);
+    stats.backlog.fetch_sub(readings.min(stats.backlog.load(Relaxed)), Relaxed);
     match ack.status {
         AckStatus::Stored { .. } => {
             stats.acked.fetch_add(readings, Relaxed);

@@ -35,11 +35,7 @@ pub struct Send<'a> {
 
 impl Window {
     pub fn new(max: usize) -> Self {
-        Self {
-            max: max.max(1),
-            entries: BTreeMap::new(),
-            cursor: None,
-        }
+        Self { max: max.max(1), entries: BTreeMap::new(), cursor: None }
     }
 
     pub fn len(&self) -> usize {
@@ -62,15 +58,7 @@ impl Window {
     pub fn load(&mut self, batches: Vec<StoredBatch>) {
         for b in batches {
             self.cursor = Some(self.cursor.map_or(b.seq, |c| c.max(b.seq)));
-            self.entries.insert(
-                b.seq,
-                InFlight {
-                    readings: b.readings,
-                    payload: b.payload,
-                    sent_at: None,
-                    sends: 0,
-                },
-            );
+            self.entries.insert(b.seq, InFlight { readings: b.readings, payload: b.payload, sent_at: None, sends: 0 });
         }
     }
 
@@ -78,20 +66,13 @@ impl Window {
     pub fn due(&self, now: Instant, ack_timeout: Duration) -> Vec<u64> {
         self.entries
             .iter()
-            .filter(|(_, f)| {
-                f.sent_at
-                    .is_none_or(|t| now.duration_since(t) >= ack_timeout)
-            })
+            .filter(|(_, f)| f.sent_at.is_none_or(|t| now.duration_since(t) >= ack_timeout))
             .map(|(&seq, _)| seq)
             .collect()
     }
 
     pub fn get(&self, seq: u64) -> Option<Send<'_>> {
-        self.entries.get(&seq).map(|f| Send {
-            seq,
-            payload: &f.payload,
-            resend: f.sends > 0,
-        })
+        self.entries.get(&seq).map(|f| Send { seq, payload: &f.payload, resend: f.sends > 0 })
     }
 
     pub fn mark_sent(&mut self, seq: u64, now: Instant) {
@@ -119,11 +100,7 @@ mod tests {
     use super::*;
 
     fn stored(seq: u64) -> StoredBatch {
-        StoredBatch {
-            seq,
-            readings: 10,
-            payload: vec![seq as u8],
-        }
+        StoredBatch { seq, readings: 10, payload: vec![seq as u8] }
     }
 
     #[test]
@@ -138,11 +115,7 @@ mod tests {
         w.mark_sent(3, t0);
         w.mark_sent(4, t0);
         assert!(w.due(t0 + Duration::from_secs(1), timeout).is_empty());
-        assert_eq!(
-            w.due(t0 + timeout, timeout),
-            [3, 4],
-            "unacked past the timeout"
-        );
+        assert_eq!(w.due(t0 + timeout, timeout), [3, 4], "unacked past the timeout");
         assert_eq!(w.ack(3), Some(10));
         assert_eq!(w.ack(3), None, "a duplicate ack is harmless");
         w.connection_reset();

@@ -1,16 +1,12 @@
 //! A simulated machine: spindle temperature warming up towards its running level, and a
 //! vibration signal (shaft-rate sine plus noise). Deterministic per source id, so runs repeat.
 
-use std::{
-    sync::{Arc, atomic::Ordering::Relaxed},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
 use edgeloop_shared::model::Reading;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use crate::{config::SimulatedConfig, stats::AgentStats};
+use super::{ObservationKind, SourceContext, now_ns};
+use crate::config::SimulatedConfig;
 
 /// The signal model, separate from the task so it can be tested without time.
 pub struct Machine {
@@ -24,9 +20,8 @@ pub struct Machine {
 impl Machine {
     pub fn new(source_id: &str, period: Duration) -> Self {
         // FNV-1a of the id: a stable, non-zero seed per source.
-        let seed = source_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-        });
+        let seed =
+            source_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
         Self {
             temperature: format!("{source_id}.temperature"),
             vibration: format!("{source_id}.vibration"),
@@ -56,37 +51,17 @@ impl Machine {
         // 24.7 Hz shaft rate, 3.5 mm/s-class amplitude in g, plus broadband noise.
         let vibration = 0.35 * (2.0 * std::f64::consts::PI * 24.7 * t).sin() + 0.05 * self.noise();
         [
-            Reading {
-                sensor: self.temperature.clone(),
-                ts_ns,
-                value: temperature,
-            },
-            Reading {
-                sensor: self.vibration.clone(),
-                ts_ns,
-                value: vibration,
-            },
+            Reading { sensor: self.temperature.clone(), ts_ns, value: temperature },
+            Reading { sensor: self.vibration.clone(), ts_ns, value: vibration },
         ]
     }
 }
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
-pub async fn run(
-    id: &str,
-    cfg: &SimulatedConfig,
-    out: mpsc::Sender<Reading>,
-    stats: &Arc<AgentStats>,
-    shutdown: CancellationToken,
-) {
+/// Runs the machine until its limit or shutdown. Readings carry their own (synthetic) timestamps.
+pub async fn run(ctx: SourceContext, cfg: SimulatedConfig) {
     let period = cfg.period.0;
     let period_ns = period.as_nanos() as i64;
-    let mut machine = Machine::new(id, period);
+    let mut machine = Machine::new(&ctx.id, period);
     let limit = cfg.limit.unwrap_or(u64::MAX);
     // Fast mode ends its timestamps "now", so nothing is in the future and every timestamp of a
     // sensor is distinct (the database identifies a point by agent, sensor and timestamp).
@@ -99,30 +74,32 @@ pub async fn run(
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut sent = 0u64;
-    tracing::info!(source = id, sensors = ?machine.sensors(), ?period, realtime = cfg.realtime, "simulated source started");
-    while sent < limit {
+    ctx.counters.up.store(true, Relaxed);
+    tracing::info!(source = %ctx.id, sensors = ?machine.sensors(), ?period, realtime = cfg.realtime, "simulated source started");
+    'run: while sent < limit {
         if cfg.realtime {
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = shutdown.cancelled() => break,
+                _ = ctx.shutdown.cancelled() => break,
             }
             ts = now_ns().max(ts + 1);
         } else {
             ts += period_ns;
         }
+        ctx.counters.messages.fetch_add(1, Relaxed);
         for reading in machine.sample(ts) {
             if sent == limit {
                 break;
             }
-            tokio::select! {
-                r = out.send(reading) => if r.is_err() { return },
-                _ = shutdown.cancelled() => return,
+            let kind = ObservationKind::Value { value: reading.value, device_ts_ns: Some(ts), received_ns: ts };
+            if !ctx.emit(reading.sensor, kind).await {
+                break 'run;
             }
             sent += 1;
-            stats.produced.fetch_add(1, Relaxed);
         }
     }
-    tracing::info!(source = id, sent, "simulated source finished");
+    ctx.counters.up.store(false, Relaxed);
+    tracing::info!(source = %ctx.id, sent, "simulated source finished");
 }
 
 #[cfg(test)]
@@ -142,14 +119,8 @@ mod tests {
             vib.push(v.value);
             last_temp = t.value;
         }
-        assert!(
-            last_temp > 50.0,
-            "after 1000 s the spindle runs warm: {last_temp}"
-        );
+        assert!(last_temp > 50.0, "after 1000 s the spindle runs warm: {last_temp}");
         let rms = (vib.iter().map(|v| v * v).sum::<f64>() / vib.len() as f64).sqrt();
-        assert!(
-            (rms - 0.35 / 2f64.sqrt()).abs() < 0.02,
-            "vibration RMS {rms}"
-        );
+        assert!((rms - 0.35 / 2f64.sqrt()).abs() < 0.02, "vibration RMS {rms}");
     }
 }

@@ -12,10 +12,7 @@ pub struct Dedup {
 
 impl Dedup {
     pub fn new(window: usize) -> Self {
-        Self {
-            window: window.max(1),
-            agents: HashMap::new(),
-        }
+        Self { window: window.max(1), agents: HashMap::new() }
     }
 
     pub fn seen(&self, agent: &str, seq: u64) -> bool {

@@ -57,11 +57,7 @@ pub async fn run(
     consuming: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
-    let mut opts = MqttOptions::new(
-        settings.client_id.clone(),
-        settings.host.clone(),
-        settings.port,
-    );
+    let mut opts = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
     opts.set_keep_alive(Duration::from_secs(15))
         .set_clean_session(false)
         .set_manual_acks(true)
@@ -91,14 +87,8 @@ pub async fn run(
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
                     backoff.reset();
-                    tracing::info!(
-                        session_present = c.session_present,
-                        "ingest connected to the broker"
-                    );
-                    if poll_client
-                        .try_subscribe(&filter, QoS::AtLeastOnce)
-                        .is_err()
-                    {
+                    tracing::info!(session_present = c.session_present, "ingest connected to the broker");
+                    if poll_client.try_subscribe(&filter, QoS::AtLeastOnce).is_err() {
                         tracing::error!("cannot queue the telemetry subscription");
                     }
                 }
@@ -131,22 +121,14 @@ pub async fn run(
             p = rx.recv() => match p { Some(p) => p, None => break },
             _ = shutdown.cancelled() => break,
         };
-        let Some(outcome) =
-            handle(&publish, &store, &stats, &mut dedup, &mut retry, &shutdown).await
-        else {
+        let Some(outcome) = handle(&publish, &store, &stats, &mut dedup, &mut retry, &shutdown).await else {
             break; // shutting down mid-write: leave the message un-acked, the agent re-sends it
         };
         if let Outcome::Ack { agent, ack } = outcome {
             match to_wire(&ack) {
                 Ok(bytes) => {
-                    if let Err(e) = client
-                        .publish(
-                            topic::topic(&agent, Channel::Ack),
-                            QoS::AtLeastOnce,
-                            false,
-                            bytes,
-                        )
-                        .await
+                    if let Err(e) =
+                        client.publish(topic::topic(&agent, Channel::Ack), QoS::AtLeastOnce, false, bytes).await
                     {
                         tracing::warn!(%agent, seq = ack.seq, error = %e, "cannot queue the ack; the agent will re-send");
                     }
@@ -190,15 +172,7 @@ async fn handle(
         return Some(Outcome::Drop);
     }
     let points = batch.point_count() as u32;
-    let ack = |status| {
-        Some(Outcome::Ack {
-            agent: agent.to_owned(),
-            ack: Ack {
-                seq: batch.seq,
-                status,
-            },
-        })
-    };
+    let ack = |status| Some(Outcome::Ack { agent: agent.to_owned(), ack: Ack { seq: batch.seq, status } });
     if dedup.seen(agent, batch.seq) {
         stats.duplicates.fetch_add(1, Relaxed);
         return ack(AckStatus::Stored { points });
@@ -219,10 +193,7 @@ async fn handle(
             Err(e) => {
                 stats.write_retries.fetch_add(1, Relaxed);
                 let delay = match &e {
-                    StoreError::Transient {
-                        retry_after: Some(d),
-                        ..
-                    } => *d,
+                    StoreError::Transient { retry_after: Some(d), .. } => *d,
                     _ => retry.next_delay(),
                 };
                 tracing::warn!(agent, seq = batch.seq, error = %e, retry_in = ?delay, "store write failed");

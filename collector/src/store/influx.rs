@@ -39,39 +39,16 @@ impl InfluxStore {
             query.push(("rp", rp.clone()));
         }
         let auth = match (&c.username, &c.password) {
-            (Some(user), Some(password)) => Auth::Basic {
-                user: user.clone(),
-                password: password.clone(),
-            },
+            (Some(user), Some(password)) => Auth::Basic { user: user.clone(), password: password.clone() },
             _ => Auth::None,
         };
-        Self::new(
-            &c.url,
-            "write",
-            query,
-            auth,
-            &c.measurement,
-            &c.events_measurement,
-            c.timeout.0,
-        )
+        Self::new(&c.url, "write", query, auth, &c.measurement, &c.events_measurement, c.timeout.0)
     }
 
     pub fn v2(c: &InfluxV2Config) -> Result<Self, StoreError> {
-        let query = vec![
-            ("org", c.org.clone()),
-            ("bucket", c.bucket.clone()),
-            ("precision", "ns".into()),
-        ];
+        let query = vec![("org", c.org.clone()), ("bucket", c.bucket.clone()), ("precision", "ns".into())];
         let auth = c.token.clone().map_or(Auth::None, Auth::Token);
-        Self::new(
-            &c.url,
-            "api/v2/write",
-            query,
-            auth,
-            &c.measurement,
-            &c.events_measurement,
-            c.timeout.0,
-        )
+        Self::new(&c.url, "api/v2/write", query, auth, &c.measurement, &c.events_measurement, c.timeout.0)
     }
 
     fn new(
@@ -102,12 +79,7 @@ impl InfluxStore {
 
     pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut body = String::with_capacity(batch.point_count() * 64);
-        line_protocol::encode_batch(
-            &mut body,
-            &self.measurement,
-            &self.events_measurement,
-            batch,
-        );
+        line_protocol::encode_batch(&mut body, &self.measurement, &self.events_measurement, batch);
         if body.is_empty() {
             return Ok(());
         }
@@ -117,10 +89,10 @@ impl InfluxStore {
             Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
             Auth::Token(t) => req.header(reqwest::header::AUTHORIZATION, format!("Token {t}")),
         };
-        let resp = req.send().await.map_err(|e| StoreError::Transient {
-            reason: format!("{}: {e}", self.url),
-            retry_after: None,
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| StoreError::Transient { reason: format!("{}: {e}", self.url), retry_after: None })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -136,15 +108,12 @@ impl InfluxStore {
         let reason = format!("{} answered {status}: {text}", self.url);
         match status {
             // The data itself is bad (unparseable, type conflict, too large): retrying cannot help.
-            StatusCode::BAD_REQUEST
-            | StatusCode::PAYLOAD_TOO_LARGE
-            | StatusCode::UNPROCESSABLE_ENTITY => Err(StoreError::Rejected(reason)),
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNPROCESSABLE_ENTITY => {
+                Err(StoreError::Rejected(reason))
+            }
             // Everything else (auth, missing database, overload, outage) is fixable on the server
             // side: keep the data and retry.
-            _ => Err(StoreError::Transient {
-                reason,
-                retry_after,
-            }),
+            _ => Err(StoreError::Transient { reason, retry_after }),
         }
     }
 }

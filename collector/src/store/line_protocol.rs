@@ -34,16 +34,17 @@ pub fn encode_batch(out: &mut String, measurement: &str, events_measurement: &st
         escape(out, &batch.agent, Kind::Tag);
         out.push_str(",subject=");
         escape(out, &e.subject, Kind::Tag);
-        let _ = write!(
-            out,
-            ",kind={},severity={} message=\"",
-            e.kind.name(),
-            e.severity.name()
-        );
+        let _ = write!(out, ",kind={},severity={} message=\"", e.kind.name(), e.severity.name());
         escape(out, &e.message, Kind::StringField);
         out.push('"');
-        if let EventKind::Dropped { readings } = e.kind {
-            let _ = write!(out, ",dropped_readings={readings}i");
+        match e.kind {
+            EventKind::Dropped { readings } => {
+                let _ = write!(out, ",dropped_readings={readings}i");
+            }
+            EventKind::ClockSkew { skew_ms } => {
+                let _ = write!(out, ",skew_ms={skew_ms}i");
+            }
+            _ => {}
         }
         for (name, value) in &e.values {
             if value.is_finite() {
@@ -96,16 +97,7 @@ mod tests {
             seq: 1,
             series: vec![Series {
                 sensor: "press-3.temp".into(),
-                points: vec![
-                    Point {
-                        ts_ns: 1_700_000_000_000_000_001,
-                        value: 21.5,
-                    },
-                    Point {
-                        ts_ns: 2,
-                        value: 3.0,
-                    },
-                ],
+                points: vec![Point { ts_ns: 1_700_000_000_000_000_001, value: 21.5 }, Point { ts_ns: 2, value: 3.0 }],
             }],
             events: vec![Event {
                 ts_ns: 5,
@@ -134,23 +126,11 @@ mod tests {
             seq: 0,
             series: vec![Series {
                 sensor: "s".into(),
-                points: vec![
-                    Point {
-                        ts_ns: 1,
-                        value: 1e300,
-                    },
-                    Point {
-                        ts_ns: 2,
-                        value: -1e-300,
-                    },
-                ],
+                points: vec![Point { ts_ns: 1, value: 1e300 }, Point { ts_ns: 2, value: -1e-300 }],
             }],
             events: vec![],
         };
         encode_batch(&mut out, "m", "e", &batch);
-        assert_eq!(
-            out,
-            "m,agent=a,sensor=s value=1e300 1\nm,agent=a,sensor=s value=-1e-300 2\n"
-        );
+        assert_eq!(out, "m,agent=a,sensor=s value=1e300 1\nm,agent=a,sensor=s value=-1e-300 2\n");
     }
 }

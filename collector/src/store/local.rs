@@ -35,52 +35,30 @@ fn key(agent: &str, sensor: &str, ts_ns: i64) -> Vec<u8> {
 
 impl LocalStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let setup = |e: sled::Error| {
-            StoreError::Setup(format!(
-                "cannot open the local store in {}: {e}",
-                path.display()
-            ))
-        };
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 << 20)
-            .open()
-            .map_err(setup)?;
+        let setup =
+            |e: sled::Error| StoreError::Setup(format!("cannot open the local store in {}: {e}", path.display()));
+        let db = sled::Config::new().path(path).cache_capacity(64 << 20).open().map_err(setup)?;
         let points = db.open_tree("points").map_err(setup)?;
         let events = db.open_tree("events").map_err(setup)?;
         let mut per_agent: HashMap<String, u64> = HashMap::new();
         for k in points.iter().keys() {
             let k = k.map_err(setup)?;
             if let Some(agent) = k.split(|&b| b == 0).next() {
-                *per_agent
-                    .entry(String::from_utf8_lossy(agent).into_owned())
-                    .or_default() += 1;
+                *per_agent.entry(String::from_utf8_lossy(agent).into_owned()).or_default() += 1;
             }
         }
         let total = per_agent.values().sum();
-        Ok(Self {
-            db,
-            points,
-            events,
-            total: AtomicU64::new(total),
-            per_agent: Mutex::new(per_agent),
-        })
+        Ok(Self { db, points, events, total: AtomicU64::new(total), per_agent: Mutex::new(per_agent) })
     }
 
     pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
-        let io = |e: sled::Error| StoreError::Transient {
-            reason: format!("local store: {e}"),
-            retry_after: None,
-        };
+        let io = |e: sled::Error| StoreError::Transient { reason: format!("local store: {e}"), retry_after: None };
         let mut new = 0u64;
         for s in &batch.series {
             for p in &s.points {
                 if self
                     .points
-                    .insert(
-                        key(&batch.agent, &s.sensor, p.ts_ns),
-                        &p.value.to_le_bytes(),
-                    )
+                    .insert(key(&batch.agent, &s.sensor, p.ts_ns), &p.value.to_le_bytes())
                     .map_err(io)?
                     .is_none()
                 {
@@ -90,12 +68,7 @@ impl LocalStore {
         }
         for (i, e) in batch.events.iter().enumerate() {
             let value = format!("{} {} {}", e.kind.name(), e.subject, e.message);
-            self.events
-                .insert(
-                    key(&batch.agent, &format!("{i}"), e.ts_ns),
-                    value.as_bytes(),
-                )
-                .map_err(io)?;
+            self.events.insert(key(&batch.agent, &format!("{i}"), e.ts_ns), value.as_bytes()).map_err(io)?;
         }
         self.db.flush_async().await.map_err(io)?;
         self.total.fetch_add(new, Relaxed);
@@ -112,10 +85,7 @@ impl LocalStore {
 
     /// Distinct points stored for `agent`.
     pub fn count_for(&self, agent: &str) -> u64 {
-        self.per_agent
-            .lock()
-            .map(|m| m.get(agent).copied().unwrap_or(0))
-            .unwrap_or(0)
+        self.per_agent.lock().map(|m| m.get(agent).copied().unwrap_or(0)).unwrap_or(0)
     }
 }
 
@@ -127,26 +97,13 @@ mod tests {
     #[tokio::test]
     async fn a_replayed_batch_is_stored_once_and_counts_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let readings: Vec<Reading> = (0..10)
-            .map(|i| Reading {
-                sensor: "s".into(),
-                ts_ns: i,
-                value: 1.0,
-            })
-            .collect();
+        let readings: Vec<Reading> = (0..10).map(|i| Reading { sensor: "s".into(), ts_ns: i, value: 1.0 }).collect();
         let batch = Batch::from_readings("gw", 0, &readings);
         {
             let store = LocalStore::open(dir.path()).unwrap();
             store.write(&batch).await.unwrap();
             store.write(&batch).await.unwrap();
-            assert_eq!(
-                (
-                    store.count(),
-                    store.count_for("gw"),
-                    store.count_for("other")
-                ),
-                (10, 10, 0)
-            );
+            assert_eq!((store.count(), store.count_for("gw"), store.count_for("other")), (10, 10, 0));
         }
         let store = LocalStore::open(dir.path()).unwrap();
         assert_eq!(store.count_for("gw"), 10);

@@ -18,10 +18,7 @@ use crate::config::StoreConfig;
 pub enum StoreError {
     /// Worth retrying: the database is down, slow, overloaded or misconfigured on its side.
     #[error("write failed, will retry: {reason}")]
-    Transient {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
+    Transient { reason: String, retry_after: Option<Duration> },
     /// The database refused the data itself; retrying cannot help.
     #[error("write refused: {0}")]
     Rejected(String),

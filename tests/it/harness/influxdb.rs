@@ -15,10 +15,7 @@ pub struct Influx1 {
 impl Influx1 {
     /// Starts `influxd` and creates database `db`.
     pub async fn start(db: &str) -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("edgeloop-influxd-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("edgeloop-influxd-").tempdir().unwrap();
         let (http_port, rpc_port) = (super::free_port(), super::free_port());
         let d = dir.path().display();
         let config = format!(
@@ -51,25 +48,11 @@ bind-address = "127.0.0.1:{rpc_port}"
             .expect("influxd not found: install Debian's `influxdb` package (scripts/test does)");
         let url = format!("http://127.0.0.1:{http_port}");
         let http = reqwest::Client::new();
-        let influx = Self {
-            url,
-            child,
-            _dir: dir,
-            http,
-        };
-        super::wait_for(
-            "influxd to answer /ping",
-            Duration::from_secs(30),
-            || async {
-                let r = influx
-                    .http
-                    .get(format!("{}/ping", influx.url))
-                    .send()
-                    .await
-                    .ok()?;
-                (r.status().as_u16() == 204).then_some(())
-            },
-        )
+        let influx = Self { url, child, _dir: dir, http };
+        super::wait_for("influxd to answer /ping", Duration::from_secs(30), || async {
+            let r = influx.http.get(format!("{}/ping", influx.url)).send().await.ok()?;
+            (r.status().as_u16() == 204).then_some(())
+        })
         .await;
         influx.query(db, &format!("CREATE DATABASE \"{db}\"")).await;
         influx
@@ -77,32 +60,15 @@ bind-address = "127.0.0.1:{rpc_port}"
 
     /// Runs an InfluxQL statement and returns the JSON answer.
     pub async fn query(&self, db: &str, q: &str) -> serde_json::Value {
-        let resp = self
-            .http
-            .post(format!("{}/query", self.url))
-            .query(&[("db", db), ("q", q)])
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            resp.status().is_success(),
-            "query {q:?} failed: {}",
-            resp.status()
-        );
+        let resp = self.http.post(format!("{}/query", self.url)).query(&[("db", db), ("q", q)]).send().await.unwrap();
+        assert!(resp.status().is_success(), "query {q:?} failed: {}", resp.status());
         serde_json::from_str(&resp.text().await.unwrap()).unwrap()
     }
 
     /// `SELECT count(<field>) FROM <measurement>`: 0 when the measurement does not exist yet.
     pub async fn count(&self, db: &str, measurement: &str, field: &str) -> u64 {
-        let v = self
-            .query(
-                db,
-                &format!("SELECT count(\"{field}\") FROM \"{measurement}\""),
-            )
-            .await;
-        v["results"][0]["series"][0]["values"][0][1]
-            .as_u64()
-            .unwrap_or(0)
+        let v = self.query(db, &format!("SELECT count(\"{field}\") FROM \"{measurement}\"")).await;
+        v["results"][0]["series"][0]["values"][0][1].as_u64().unwrap_or(0)
     }
 }
 

@@ -14,12 +14,8 @@ use std::{
     time::Duration,
 };
 
-use edgeloop_agent::config::{
-    AgentConfig, AgentSection, BufferConfig, SimulatedConfig, SourceConfig, UplinkConfig,
-};
-use edgeloop_collector::config::{
-    BrokerConfig, CollectorConfig, EmbeddedBroker, IngestConfig, StoreConfig,
-};
+use edgeloop_agent::config::{AgentConfig, AgentSection, BufferConfig, SimulatedConfig, SourceConfig, UplinkConfig};
+use edgeloop_collector::config::{BrokerConfig, CollectorConfig, EmbeddedBroker, IngestConfig, StoreConfig};
 use edgeloop_shared::units::HumanDuration;
 
 pub fn init_tracing() {
@@ -37,11 +33,7 @@ pub fn init_tracing() {
 
 /// A port that was free a moment ago (for servers that cannot report the port they bound).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics naming `what` after `timeout`.
@@ -55,10 +47,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -78,9 +67,7 @@ pub fn binary(name: &str) -> PathBuf {
         // `cargo test` sets per-package variables (CARGO_PKG_*, CARGO_MANIFEST_DIR, ...); inherited,
         // they change build-script fingerprints and force a rebuild of C dependencies.
         for (key, _) in std::env::vars() {
-            if key.starts_with("CARGO_")
-                && !matches!(key.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR")
-            {
+            if key.starts_with("CARGO_") && !matches!(key.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR") {
                 cmd.env_remove(key);
             }
         }
@@ -97,27 +84,16 @@ pub fn binary(name: &str) -> PathBuf {
 /// A collector config with the embedded broker on `listen` and the given store.
 pub fn collector_config(listen: SocketAddr, store: StoreConfig) -> CollectorConfig {
     CollectorConfig {
-        broker: BrokerConfig::Embedded(EmbeddedBroker {
-            listen,
-            ..Default::default()
-        }),
+        broker: BrokerConfig::Embedded(EmbeddedBroker { listen, ..Default::default() }),
         ingest: IngestConfig::default(),
         store,
     }
 }
 
 /// An agent with one simulated machine `machine`, uplink to `broker`.
-pub fn agent_config(
-    id: &str,
-    data_dir: &Path,
-    broker: SocketAddr,
-    sim: SimulatedConfig,
-) -> AgentConfig {
+pub fn agent_config(id: &str, data_dir: &Path, broker: SocketAddr, sim: SimulatedConfig) -> AgentConfig {
     AgentConfig {
-        agent: AgentSection {
-            id: id.into(),
-            data_dir: data_dir.into(),
-        },
+        agent: AgentSection { id: id.into(), data_dir: data_dir.into() },
         uplink: UplinkConfig {
             host: broker.ip().to_string(),
             port: broker.port(),
@@ -132,9 +108,5 @@ pub fn agent_config(
 
 /// Fast mode: `limit` readings as quickly as the buffer takes them, timestamps `period` apart.
 pub fn fast(limit: u64, period: Duration) -> SimulatedConfig {
-    SimulatedConfig {
-        period: HumanDuration(period),
-        realtime: false,
-        limit: Some(limit),
-    }
+    SimulatedConfig { period: HumanDuration(period), realtime: false, limit: Some(limit) }
 }

@@ -15,10 +15,7 @@ pub struct Victoria {
 
 impl Victoria {
     pub async fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("edgeloop-vm-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("edgeloop-vm-").tempdir().unwrap();
         let port = super::free_port();
         let log = std::fs::File::create(dir.path().join("victoria-metrics.log")).unwrap();
         let child = Command::new("victoria-metrics")
@@ -33,36 +30,18 @@ impl Victoria {
             .spawn()
             .expect("victoria-metrics not found: install Debian's `victoria-metrics` package (scripts/test does)");
         let url = format!("http://127.0.0.1:{port}");
-        let vm = Self {
-            url,
-            child,
-            _dir: dir,
-            http: reqwest::Client::new(),
-        };
-        super::wait_for(
-            "victoria-metrics to answer /health",
-            Duration::from_secs(30),
-            || async {
-                let r = vm
-                    .http
-                    .get(format!("{}/health", vm.url))
-                    .send()
-                    .await
-                    .ok()?;
-                r.status().is_success().then_some(())
-            },
-        )
+        let vm = Self { url, child, _dir: dir, http: reqwest::Client::new() };
+        super::wait_for("victoria-metrics to answer /health", Duration::from_secs(30), || async {
+            let r = vm.http.get(format!("{}/health", vm.url)).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
         .await;
         vm
     }
 
     /// Number of samples stored for metric `name` (line protocol `m` + field `f` is `m_f`).
     pub async fn count(&self, name: &str) -> u64 {
-        let _ = self
-            .http
-            .get(format!("{}/internal/force_flush", self.url))
-            .send()
-            .await;
+        let _ = self.http.get(format!("{}/internal/force_flush", self.url)).send().await;
         let body = self
             .http
             .get(format!("{}/api/v1/export", self.url))

@@ -1,15 +1,46 @@
-//! The embedded MQTT broker (rumqttd 0.20) that agents publish to by default.
+//! The embedded MQTT broker (rumqttd 0.20): the collector's broker for agents, and the gateway's
+//! local broker for MQTT sensors.
 //!
 //! rumqttd's router runs on its own thread; the listener runs as a task on the collector's
 //! runtime (0.20's public `Server` API), so a listen failure comes back to us as an error instead
 //! of a log line in a detached thread. rumqttd keeps messages in memory only and has no shutdown
-//! API: when the collector dies its broker dies with it, and the agents' re-send covers that.
+//! API: when its process dies the broker dies with it; every edgeloop publisher re-sends what was
+//! not acknowledged end to end.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use serde::Deserialize;
 
-use crate::config::EmbeddedBroker;
+use crate::units::ByteSize;
+
+/// Config of an embedded broker (the `[broker]` table of the collector, `broker` of an MQTT source).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedBroker {
+    /// Where clients connect. Port 0 picks a free port (tests, the demo).
+    pub listen: SocketAddr,
+    /// Largest MQTT payload accepted; bigger publishes are refused by the broker.
+    pub max_payload: ByteSize,
+    pub max_connections: usize,
+    /// Client credentials (user → password). Without any, the broker accepts every client.
+    pub users: BTreeMap<String, String>,
+}
+
+impl Default for EmbeddedBroker {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            max_payload: ByteSize(4 << 20),
+            max_connections: 10_000,
+            users: BTreeMap::new(),
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -37,21 +68,13 @@ impl BrokerHandle {
 
 /// Starts rumqttd and waits until it accepts connections. `internal` is an extra user/password
 /// for the collector's own client, added when agents must authenticate.
-pub async fn start(
-    cfg: &EmbeddedBroker,
-    internal: Option<(String, String)>,
-) -> Result<BrokerHandle, BrokerError> {
+pub async fn start(cfg: &EmbeddedBroker, internal: Option<(String, String)>) -> Result<BrokerHandle, BrokerError> {
     let mut addr = cfg.listen;
     if addr.port() == 0 {
         // rumqttd never reports the port it bound, so choose a free one first.
-        let probe = std::net::TcpListener::bind(addr).map_err(|e| BrokerError::Listen {
-            addr,
-            reason: e.to_string(),
-        })?;
-        addr = probe.local_addr().map_err(|e| BrokerError::Listen {
-            addr,
-            reason: e.to_string(),
-        })?;
+        let probe =
+            std::net::TcpListener::bind(addr).map_err(|e| BrokerError::Listen { addr, reason: e.to_string() })?;
+        addr = probe.local_addr().map_err(|e| BrokerError::Listen { addr, reason: e.to_string() })?;
     }
     let auth = if cfg.users.is_empty() {
         None
@@ -90,21 +113,14 @@ pub async fn start(
         }
     });
 
-    let connect_addr = if addr.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], addr.port()))
-    } else {
-        addr
-    };
+    let connect_addr = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
     let waited = Duration::from_secs(10);
     let deadline = tokio::time::Instant::now() + waited;
     loop {
         if let Ok(reason) = failed_rx.try_recv() {
             return Err(BrokerError::Listen { addr, reason });
         }
-        if mqtt_handshake(connect_addr, internal.as_ref())
-            .await
-            .is_ok()
-        {
+        if mqtt_handshake(connect_addr, internal.as_ref()).await.is_ok() {
             break;
         }
         if tokio::time::Instant::now() > deadline {
@@ -114,11 +130,7 @@ pub async fn start(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!(%addr, "embedded broker listening");
-    Ok(BrokerHandle {
-        addr,
-        connect_addr,
-        listener,
-    })
+    Ok(BrokerHandle { addr, connect_addr, listener })
 }
 
 /// Readiness probe: a complete MQTT 3.1.1 CONNECT / CONNACK / DISCONNECT exchange (a bare TCP
