@@ -2,34 +2,29 @@
 //!
 //! `no_std`, no heap. It speaks the shared serial frame (COBS + postcard + CRC-32, from
 //! `edgeloop-shared`, the very code the agent decodes with) and keeps the machine's trip latch.
-//! Hardware access stays outside this crate's core logic so it runs, unchanged, in host tests.
+//! Hardware access goes through embedded-hal 1.0 traits only, so the same code runs, unchanged,
+//! in host tests against `embedded-hal-mock`; the board binary owns the clocks, the peripherals
+//! and the main loop.
 //!
 //! # Layout
-//! - [`Node`]: sequence numbering of outgoing frames, the trip latch, and the handling of the
-//!   gateway's commands.
+//! - [`Node`]: the node's end of the serial link: sequence numbers of outgoing frames and the
+//!   decoding of the gateway's commands.
+//! - [`drivers`]: the ADXL345 accelerometer and the TMP117 thermometer, over I2C.
+//! - [`features`]: RMS, peak, peak-to-peak and crest factor of a window of samples.
+//! - [`interlock`]: the fail-safe, latching enable relay of the machine.
+//! - [`sampler`]: ties readings, window features, the interlock and the link together.
 #![cfg_attr(not(test), no_std)]
 
-use edgeloop_shared::frame::{
-    self, FrameDecoder, FrameError, GatewayMessage, MAX_WIRE_FRAME, NodeMessage,
-};
+pub mod drivers;
+pub mod features;
+pub mod interlock;
+pub mod sampler;
 
-/// What the node should do after a command from the gateway.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Reaction {
-    /// Nothing to change on the hardware.
-    None,
-    /// De-energise the machine's enable relay (the fail-safe state) and latch.
-    OpenRelay,
-    /// The latch was released: the relay may be energised again.
-    CloseRelay,
-    /// Answer with this heartbeat frame.
-    Reply(NodeMessage),
-}
+use edgeloop_shared::frame::{self, FrameDecoder, FrameError, GatewayMessage, MAX_WIRE_FRAME, NodeMessage};
 
-/// The node's protocol state.
+/// The node's end of the serial link.
 pub struct Node {
     seq: u32,
-    tripped: bool,
     commands: FrameDecoder<MAX_WIRE_FRAME>,
     /// Frames from the gateway that failed to decode (noise, CRC), for diagnostics.
     pub bad_commands: u32,
@@ -43,25 +38,19 @@ impl Default for Node {
 
 impl Node {
     pub const fn new() -> Self {
-        Self {
-            seq: 0,
-            tripped: false,
-            commands: FrameDecoder::new(),
-            bad_commands: 0,
-        }
+        Self { seq: 0, commands: FrameDecoder::new(), bad_commands: 0 }
     }
 
-    pub fn is_tripped(&self) -> bool {
-        self.tripped
-    }
-
-    fn next_seq(&mut self) -> u32 {
+    /// Encodes the message that `build` makes from the next sequence number into `out` (at least
+    /// [`MAX_WIRE_FRAME`] bytes); returns the frame's length.
+    ///
+    /// A failed encoding still uses up its sequence number, so the gateway sees the gap.
+    pub fn encode(&mut self, out: &mut [u8], build: impl FnOnce(u32) -> NodeMessage) -> Result<usize, FrameError> {
         self.seq = self.seq.wrapping_add(1);
-        self.seq
+        frame::encode(&build(self.seq), out)
     }
 
-    /// Encodes one reading of `channel` into `out` (at least [`MAX_WIRE_FRAME`] bytes); returns
-    /// the frame's length.
+    /// Encodes one reading of `channel` into `out`.
     pub fn reading(
         &mut self,
         channel: u16,
@@ -69,54 +58,21 @@ impl Node {
         ts_us: Option<u64>,
         out: &mut [u8],
     ) -> Result<usize, FrameError> {
-        let seq = self.next_seq();
-        frame::encode(
-            &NodeMessage::Reading {
-                channel,
-                seq,
-                ts_us,
-                value,
-            },
-            out,
-        )
+        self.encode(out, |seq| NodeMessage::Reading { channel, seq, ts_us, value })
     }
 
     /// Encodes a heartbeat into `out`.
-    pub fn heartbeat(&mut self, uptime_ms: u64, out: &mut [u8]) -> Result<usize, FrameError> {
-        let msg = self.heartbeat_message(uptime_ms);
-        frame::encode(&msg, out)
+    pub fn heartbeat(&mut self, uptime_ms: u64, tripped: bool, out: &mut [u8]) -> Result<usize, FrameError> {
+        self.encode(out, |seq| NodeMessage::Heartbeat { seq, uptime_ms, tripped })
     }
 
-    fn heartbeat_message(&mut self, uptime_ms: u64) -> NodeMessage {
-        NodeMessage::Heartbeat {
-            seq: self.next_seq(),
-            uptime_ms,
-            tripped: self.tripped,
-        }
-    }
-
-    /// Feeds one byte received from the gateway; returns what to do when it completed a command.
-    pub fn on_byte(&mut self, byte: u8, uptime_ms: u64) -> Reaction {
-        match self.commands.push::<GatewayMessage>(byte) {
-            None => Reaction::None,
-            Some(Err(_)) => {
+    /// Feeds one byte received from the gateway; returns the command it completed, if any.
+    pub fn on_byte(&mut self, byte: u8) -> Option<GatewayMessage> {
+        match self.commands.push::<GatewayMessage>(byte)? {
+            Ok(command) => Some(command),
+            Err(_) => {
                 self.bad_commands = self.bad_commands.wrapping_add(1);
-                Reaction::None
-            }
-            Some(Ok(GatewayMessage::Trip { .. })) => {
-                self.tripped = true;
-                Reaction::OpenRelay
-            }
-            Some(Ok(GatewayMessage::Reset)) => {
-                let was = core::mem::replace(&mut self.tripped, false);
-                if was {
-                    Reaction::CloseRelay
-                } else {
-                    Reaction::None
-                }
-            }
-            Some(Ok(GatewayMessage::Ping { .. })) => {
-                Reaction::Reply(self.heartbeat_message(uptime_ms))
+                None
             }
         }
     }
@@ -126,16 +82,17 @@ impl Node {
 mod tests {
     use super::*;
 
-    fn feed(node: &mut Node, msg: &GatewayMessage) -> Reaction {
+    fn feed(node: &mut Node, msg: &GatewayMessage) -> Vec<GatewayMessage> {
         let mut buf = [0u8; MAX_WIRE_FRAME];
         let n = frame::encode(msg, &mut buf).unwrap();
-        buf[..n]
-            .iter()
-            .map(|&b| node.on_byte(b, 5))
-            .fold(
-                Reaction::None,
-                |acc, r| if r == Reaction::None { acc } else { r },
-            )
+        buf[..n].iter().filter_map(|&b| node.on_byte(b)).collect()
+    }
+
+    fn decode(bytes: &[u8]) -> Vec<NodeMessage> {
+        let mut dec = FrameDecoder::<MAX_WIRE_FRAME>::new();
+        let mut got = Vec::new();
+        dec.feed::<NodeMessage>(bytes, |r| got.push(r.unwrap()));
+        got
     }
 
     #[test]
@@ -143,41 +100,24 @@ mod tests {
         let mut node = Node::new();
         let mut buf = [0u8; MAX_WIRE_FRAME];
         let n = node.reading(3, 21.5, None, &mut buf).unwrap();
-        let mut dec = FrameDecoder::<MAX_WIRE_FRAME>::new();
-        let mut got = None;
-        dec.feed::<NodeMessage>(&buf[..n], |r| got = Some(r));
-        assert_eq!(
-            got,
-            Some(Ok(NodeMessage::Reading {
-                channel: 3,
-                seq: 1,
-                ts_us: None,
-                value: 21.5
-            }))
-        );
+        assert_eq!(decode(&buf[..n]), vec![NodeMessage::Reading { channel: 3, seq: 1, ts_us: None, value: 21.5 }]);
+        let n = node.heartbeat(7, true, &mut buf).unwrap();
+        assert_eq!(decode(&buf[..n]), vec![NodeMessage::Heartbeat { seq: 2, uptime_ms: 7, tripped: true }]);
     }
 
     #[test]
-    fn trip_latches_until_reset_and_noise_is_counted() {
+    fn commands_are_decoded_and_noise_is_counted() {
         let mut node = Node::new();
-        assert_eq!(
-            feed(&mut node, &GatewayMessage::Trip { rule: 1 }),
-            Reaction::OpenRelay
-        );
+        assert_eq!(feed(&mut node, &GatewayMessage::Trip { rule: 1 }), vec![GatewayMessage::Trip { rule: 1 }]);
         for b in [0x55, 0x12, 0x00] {
-            node.on_byte(b, 0);
+            assert_eq!(node.on_byte(b), None);
         }
-        assert!(node.is_tripped());
         assert_eq!(node.bad_commands, 1);
-        assert!(matches!(
-            feed(&mut node, &GatewayMessage::Ping { seq: 1 }),
-            Reaction::Reply(NodeMessage::Heartbeat { tripped: true, .. })
-        ));
-        assert_eq!(
-            feed(&mut node, &GatewayMessage::Reset),
-            Reaction::CloseRelay
-        );
-        assert_eq!(feed(&mut node, &GatewayMessage::Reset), Reaction::None);
-        assert!(!node.is_tripped());
+        let limits = GatewayMessage::SetLimits { temperature_c: 80.0, vibration_rms_g: 1.5 };
+        assert_eq!(feed(&mut node, &limits), vec![limits]);
+        let stream = GatewayMessage::StreamRaw { enabled: true };
+        assert_eq!(feed(&mut node, &stream), vec![stream]);
+        assert_eq!(feed(&mut node, &GatewayMessage::Reset), vec![GatewayMessage::Reset]);
+        assert_eq!(node.bad_commands, 1);
     }
 }

@@ -34,6 +34,18 @@ pub enum NodeMessage {
     Reading { channel: u16, seq: u32, ts_us: Option<u64>, value: f32 },
     /// Sent periodically so the gateway can tell a quiet node from a dead one.
     Heartbeat { seq: u32, uptime_ms: u64, tripped: bool },
+    /// Vibration features of one window of one channel, in g, the window's mean (gravity) removed.
+    Features { channel: u16, seq: u32, rms: f32, peak: f32, peak_to_peak: f32, crest: f32 },
+    /// Consecutive raw samples of one channel, sent only while the gateway asked for them
+    /// ([`GatewayMessage::StreamRaw`]).
+    RawBlock { channel: u16, seq: u32, samples: [f32; RAW_BLOCK_LEN] },
+    /// The node's interlock latched and stopped the machine, for this reason (the first one only).
+    Tripped { seq: u32, cause: InterlockCause },
+    /// A [`GatewayMessage::Reset`] was refused because this condition is still present.
+    ResetRefused { seq: u32, cause: InterlockCause },
+    /// The limits in force after a [`GatewayMessage::SetLimits`]: the old ones when the request was
+    /// refused.
+    Limits { seq: u32, temperature_c: f32, vibration_rms_g: f32 },
 }
 
 /// What a gateway sends down to a sensor node. New variants are only ever appended.
@@ -45,6 +57,41 @@ pub enum GatewayMessage {
     Reset,
     /// Liveness check; the node answers with a heartbeat.
     Ping { seq: u32 },
+    /// Replace the node's local trip limits; the node answers with [`NodeMessage::Limits`].
+    SetLimits { temperature_c: f32, vibration_rms_g: f32 },
+    /// Start or stop streaming raw samples ([`NodeMessage::RawBlock`]).
+    StreamRaw { enabled: bool },
+}
+
+/// Samples in one [`NodeMessage::RawBlock`]: postcard writes an `f32` as 4 bytes, so a block
+/// takes 128 of the [`MAX_FRAME_BODY`] bytes.
+pub const RAW_BLOCK_LEN: usize = 32;
+
+/// A sensor of the node, as named in an [`InterlockCause`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Sensor {
+    Accelerometer,
+    Thermometer,
+}
+
+/// Why a node's interlock stopped the machine, or why it refuses to restart it. New variants are
+/// only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum InterlockCause {
+    /// The node (re)started: a machine never restarts by itself after a power loss.
+    PowerOn,
+    /// The gateway sent [`GatewayMessage::Trip`] for this rule.
+    Commanded { rule: u16 },
+    /// The temperature went over its limit.
+    OverTemperature { celsius: f32 },
+    /// The vibration RMS (largest axis) went over its limit.
+    OverVibration { rms_g: f32 },
+    /// The sensor's driver reported an error, or the sensor returned a non-finite value.
+    SensorFault { sensor: Sensor },
+    /// The sensor has not given a reading since the node started or since it failed.
+    NoReading { sensor: Sensor },
+    /// Nothing came from the gateway for this long.
+    HeartbeatLost { silent_ms: u64 },
 }
 
 /// Why a frame could not be written or read.
@@ -215,16 +262,51 @@ mod tests {
             reading(1),
             NodeMessage::Reading { channel: 0, seq: 0, ts_us: None, value: 0.0 },
             NodeMessage::Heartbeat { seq: 9, uptime_ms: u64::MAX, tripped: true },
+            NodeMessage::Features { channel: 2, seq: 10, rms: 0.5, peak: 1.25, peak_to_peak: 2.5, crest: 2.5 },
+            NodeMessage::RawBlock { channel: 1, seq: u32::MAX, samples: [f32::MIN; RAW_BLOCK_LEN] },
+            NodeMessage::Tripped { seq: 11, cause: InterlockCause::OverVibration { rms_g: 3.5 } },
+            NodeMessage::Tripped { seq: 12, cause: InterlockCause::HeartbeatLost { silent_ms: u64::MAX } },
+            NodeMessage::ResetRefused { seq: 13, cause: InterlockCause::SensorFault { sensor: Sensor::Thermometer } },
+            NodeMessage::Limits { seq: 14, temperature_c: -40.0, vibration_rms_g: 16.0 },
         ];
         for m in msgs {
             let wire = encode_to_vec(&m).unwrap();
+            assert!(wire.len() <= MAX_WIRE_FRAME, "{m:?} takes {} bytes", wire.len());
             assert_eq!(wire.iter().filter(|&&b| b == 0).count(), 1, "only the delimiter is zero");
             assert_eq!(decode_all(&wire), vec![Ok(m)]);
         }
-        let down = GatewayMessage::Trip { rule: 3 };
-        let mut wire = encode_to_vec(&down).unwrap();
-        let n = wire.len() - 1;
-        assert_eq!(decode_body::<GatewayMessage>(&mut wire[..n]), Ok(down));
+        let downs = [
+            GatewayMessage::Trip { rule: 3 },
+            GatewayMessage::SetLimits { temperature_c: 85.0, vibration_rms_g: 2.0 },
+            GatewayMessage::StreamRaw { enabled: true },
+        ];
+        for down in downs {
+            let mut wire = encode_to_vec(&down).unwrap();
+            let n = wire.len() - 1;
+            assert_eq!(decode_body::<GatewayMessage>(&mut wire[..n]), Ok(down));
+        }
+    }
+
+    /// Postcard names an enum variant by its position: variants appended since version 1 must
+    /// not move the old ones, or firmware in the field and the agent would disagree.
+    #[test]
+    fn appended_variants_keep_the_old_wire_bytes() {
+        let heartbeat = postcard::to_allocvec(&NodeMessage::Heartbeat { seq: 1, uptime_ms: 2, tripped: true }).unwrap();
+        assert_eq!(heartbeat, [1, 1, 2, 1]);
+        let ping = postcard::to_allocvec(&GatewayMessage::Ping { seq: 7 }).unwrap();
+        assert_eq!(ping, [2, 7]);
+        let features = postcard::to_allocvec(&NodeMessage::Features {
+            channel: 0,
+            seq: 0,
+            rms: 0.0,
+            peak: 0.0,
+            peak_to_peak: 0.0,
+            crest: 0.0,
+        })
+        .unwrap();
+        assert_eq!(features[0], 2);
+        let stream = postcard::to_allocvec(&GatewayMessage::StreamRaw { enabled: false }).unwrap();
+        assert_eq!(stream, [4, 0]);
     }
 
     #[test]

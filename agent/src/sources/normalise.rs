@@ -7,7 +7,7 @@
 //!   `SensorStale` event, and the next value a `SensorRecovered` event.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -34,11 +34,14 @@ pub struct Normaliser {
     policies: Vec<SourcePolicy>,
     health: HealthTracker,
     skewed: HashSet<String>,
+    /// Last gateway-assigned timestamp per sensor: frames read in one chunk share a receive time,
+    /// and the database identifies a point by sensor and timestamp, so they must not collide.
+    last_gateway_ts: HashMap<String, i64>,
 }
 
 impl Normaliser {
     pub fn new(policies: Vec<SourcePolicy>) -> Self {
-        Self { policies, health: HealthTracker::default(), skewed: HashSet::new() }
+        Self { policies, health: HealthTracker::default(), skewed: HashSet::new(), last_gateway_ts: HashMap::new() }
     }
 
     fn policy(&self, source: u16) -> SourcePolicy {
@@ -46,6 +49,21 @@ impl Normaliser {
             .get(source as usize)
             .copied()
             .unwrap_or(SourcePolicy { stale_after: Duration::from_secs(5), max_clock_skew: Duration::from_secs(300) })
+    }
+
+    /// The gateway's time for a reading of `sensor`, strictly after the previous one.
+    fn gateway_ts(&mut self, sensor: &str, received_ns: i64) -> i64 {
+        let ts = match self.last_gateway_ts.get_mut(sensor) {
+            Some(last) => {
+                *last = received_ns.max(*last + 1);
+                *last
+            }
+            None => {
+                self.last_gateway_ts.insert(sensor.to_owned(), received_ns);
+                received_ns
+            }
+        };
+        ts
     }
 
     pub fn expect(&mut self, sensor: &str, source: u16, now: Instant) {
@@ -59,7 +77,7 @@ impl Normaliser {
         match obs.kind {
             ObservationKind::Value { value, device_ts_ns, received_ns } => {
                 let ts_ns = match device_ts_ns {
-                    None => received_ns,
+                    None => self.gateway_ts(&obs.sensor, received_ns),
                     Some(device) => {
                         let skew_ns = device.saturating_sub(received_ns);
                         if skew_ns.unsigned_abs() as u128 <= policy.max_clock_skew.as_nanos() {
@@ -84,7 +102,7 @@ impl Normaliser {
                                     values: vec![("skew_ms".into(), skew_ms as f64)],
                                 }));
                             }
-                            received_ns
+                            self.gateway_ts(&obs.sensor, received_ns)
                         }
                     }
                 };
@@ -205,6 +223,27 @@ mod tests {
             "flagged once"
         );
         assert_eq!(out.len(), 3);
+    }
+
+    #[test]
+    fn readings_received_together_get_distinct_gateway_timestamps() {
+        let mut n = Normaliser::new(vec![SourcePolicy {
+            stale_after: Duration::from_secs(1),
+            max_clock_skew: Duration::from_secs(60),
+        }]);
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            n.observe(value("a", None, 1_000), Instant::now(), &mut out);
+        }
+        n.observe(value("b", None, 1_000), Instant::now(), &mut out);
+        let ts: Vec<(String, i64)> = out
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::Reading(r) => Some((r.sensor, r.ts_ns)),
+                Record::Event(_) => None,
+            })
+            .collect();
+        assert_eq!(ts, [("a".into(), 1_000), ("a".into(), 1_001), ("a".into(), 1_002), ("b".into(), 1_000)]);
     }
 
     #[test]

@@ -66,9 +66,11 @@ impl LocalStore {
                 }
             }
         }
-        for (i, e) in batch.events.iter().enumerate() {
+        for e in &batch.events {
+            // Keyed like InfluxDB would identify it (agent, subject, kind, time): replays overwrite.
             let value = format!("{} {} {}", e.kind.name(), e.subject, e.message);
-            self.events.insert(key(&batch.agent, &format!("{i}"), e.ts_ns), value.as_bytes()).map_err(io)?;
+            let tag = format!("{}\u{1}{}", e.subject, e.kind.name());
+            self.events.insert(key(&batch.agent, &tag, e.ts_ns), value.as_bytes()).map_err(io)?;
         }
         self.db.flush_async().await.map_err(io)?;
         self.total.fetch_add(new, Relaxed);
@@ -81,6 +83,30 @@ impl LocalStore {
     /// Distinct points stored, over all agents.
     pub fn count(&self) -> u64 {
         self.total.load(Relaxed)
+    }
+
+    /// Distinct points stored for one sensor of `agent`.
+    pub fn count_sensor(&self, agent: &str, sensor: &str) -> u64 {
+        let mut prefix = key(agent, sensor, 0);
+        prefix.truncate(prefix.len() - 8);
+        self.points.scan_prefix(prefix).count() as u64
+    }
+
+    /// Events stored for `agent`, oldest first, as `"<kind> <subject> <message>"`.
+    pub fn events_for(&self, agent: &str) -> Vec<String> {
+        let mut prefix = agent.as_bytes().to_vec();
+        prefix.push(0);
+        let mut events: Vec<(i64, String)> = self
+            .events
+            .scan_prefix(prefix)
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let ts = i64::from_be_bytes(k.get(k.len().checked_sub(8)?..)?.try_into().ok()?);
+                Some((ts, String::from_utf8_lossy(&v).into_owned()))
+            })
+            .collect();
+        events.sort();
+        events.into_iter().map(|(_, e)| e).collect()
     }
 
     /// Distinct points stored for `agent`.

@@ -2,6 +2,8 @@
 //! dirs, the collector and agents in-process or as binaries. Nothing here uses a fixed port.
 
 pub mod influxdb;
+pub mod mosquitto;
+pub mod pty;
 pub mod victoria;
 
 use std::{
