@@ -3,8 +3,14 @@
 //! produced, accepted into each gateway's durable buffer, acknowledged by the collector once
 //! stored — and, on exit, that every reading produced was stored exactly once.
 //!
+//! The fleet: `--gateways` simulated machines, plus one gateway whose sensors publish over MQTT
+//! (simulated zigbee2mqtt-style devices into the gateway's embedded broker) and one whose sensor
+//! node talks over a real pseudo-terminal (the shared serial frame), so both real source paths
+//! are visible.
+//!
 //! # Layout
 //! - [`DemoOptions`] and [`run`]: the fleet, the periodic report and the orderly shutdown.
+//! - `mqtt_devices` / `serial_node`: the simulated devices behind the MQTT and serial gateways.
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
@@ -72,7 +78,7 @@ pub async fn run(
     writeln!(out, "edgeloop demo: collector broker on {broker}, {store_name}")?;
     writeln!(
         out,
-        "{} simulated gateways, one reading per sensor every {:?}; Ctrl-C stops\n",
+        "{} simulated machines, a gateway with MQTT sensors, a gateway with a serial node on a pty; one reading per sensor every {:?}; Ctrl-C stops\n",
         opts.gateways, opts.period
     )?;
 
@@ -96,6 +102,47 @@ pub async fn run(
         agents.push((id, edgeloop_agent::start(&config, agent_stop.child_token()).await?));
     }
 
+    // A gateway with MQTT sensors: simulated zigbee2mqtt-style devices publishing JSON.
+    let mqtt_id = "gateway-mqtt".to_string();
+    let mqtt_cfg = gateway_config(
+        &mqtt_id,
+        dir.path(),
+        broker,
+        &format!(
+            "[sources.sensors]\nkind = \"mqtt\"\nlisten = \"127.0.0.1:0\"\nperiod = \"{}ms\"\n\
+             [sources.sensors.topics.zigbee]\nfilter = \"zigbee2mqtt/{{device}}\"\nsensor = \"{{device}}\"\nformat = \"json\"\n\
+             fields = {{ temperature = \"temperature\", humidity = \"humidity\" }}\n",
+            opts.period.as_millis().max(1) * 5
+        ),
+    )?;
+    let mqtt_agent = edgeloop_agent::start(&mqtt_cfg, agent_stop.child_token()).await?;
+    let sensor_broker = mqtt_agent.sensor_broker("sensors").ok_or_else(|| anyhow::anyhow!("no sensor broker"))?;
+    let devices_stop = CancellationToken::new();
+    tokio::spawn(mqtt_devices(sensor_broker, opts.period * 5, devices_stop.clone()));
+    agents.push((mqtt_id, mqtt_agent));
+
+    // A gateway with a serial sensor node on a real pseudo-terminal.
+    let pty = SerialLine::open()?;
+    let serial_id = "gateway-serial".to_string();
+    let serial_cfg = gateway_config(
+        &serial_id,
+        dir.path(),
+        broker,
+        &format!(
+            "[sources.node]\nkind = \"serial\"\npath = \"{}\"\nbaud = 921600\nprefix = \"press-9\"\n\
+             channels = {{ 0 = \"temperature\", 1 = \"vibration\" }}\nperiod = \"{}ms\"\n",
+            pty.path.display(),
+            opts.period.as_millis().max(1)
+        ),
+    )?;
+    let serial_agent = edgeloop_agent::start(&serial_cfg, agent_stop.child_token()).await?;
+    let node = std::thread::spawn({
+        let stop = devices_stop.clone();
+        let period = opts.period;
+        move || serial_node(pty, period, stop)
+    });
+    agents.push((serial_id, serial_agent));
+
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(opts.report_every);
     tick.tick().await;
@@ -118,6 +165,8 @@ pub async fn run(
     for (_, a) in &agents {
         a.stop_sources();
     }
+    devices_stop.cancel();
+    let _ = node.join();
     let drain_deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while agents
         .iter()
@@ -148,6 +197,93 @@ pub async fn run(
     Ok(totals)
 }
 
+fn gateway_config(
+    id: &str,
+    dir: &std::path::Path,
+    broker: std::net::SocketAddr,
+    sources: &str,
+) -> anyhow::Result<AgentConfig> {
+    let text = format!(
+        "[agent]\nid = \"{id}\"\ndata_dir = \"{}\"\n[uplink]\nhost = \"{}\"\nport = {}\n{sources}",
+        dir.join(id).display(),
+        broker.ip(),
+        broker.port()
+    );
+    Ok(AgentConfig::parse(&text, std::path::Path::new(id))?)
+}
+
+/// Three zigbee2mqtt-style devices publishing temperature and humidity as JSON.
+async fn mqtt_devices(broker: std::net::SocketAddr, period: Duration, stop: CancellationToken) {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let (client, mut events) =
+        AsyncClient::new(MqttOptions::new("demo-devices", broker.ip().to_string(), broker.port()), 64);
+    let poll = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let mut tick = tokio::time::interval(period);
+    let mut step = 0u64;
+    while tokio::select! { _ = tick.tick() => true, _ = stop.cancelled() => false } {
+        for (i, device) in ["fridge-1", "oven-2", "dryer-3"].iter().enumerate() {
+            let t = 20.0 + 10.0 * i as f64 + (step as f64 / 20.0).sin();
+            let payload =
+                format!(r#"{{"temperature":{t:.2},"humidity":{},"linkquality":120}}"#, 40 + (step + i as u64) % 20);
+            if client.publish(format!("zigbee2mqtt/{device}"), QoS::AtLeastOnce, false, payload).await.is_err() {
+                break;
+            }
+        }
+        step += 1;
+    }
+    // Let the last messages leave before the client goes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    poll.abort();
+}
+
+/// The slave side of a pty, which the serial gateway opens like a USB adapter, and its master.
+struct SerialLine {
+    path: std::path::PathBuf,
+    master: std::fs::File,
+    _slave: std::os::fd::OwnedFd,
+}
+
+impl SerialLine {
+    fn open() -> anyhow::Result<Self> {
+        use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
+        let pair = nix::pty::openpty(None, None)?;
+        let mut t = tcgetattr(&pair.slave)?;
+        cfmakeraw(&mut t);
+        tcsetattr(&pair.slave, SetArg::TCSANOW, &t)?;
+        let path = nix::unistd::ttyname(&pair.slave)?;
+        Ok(Self { path, master: std::fs::File::from(pair.master), _slave: pair.slave })
+    }
+}
+
+/// A sensor node: temperature and vibration frames every period, a heartbeat every second.
+fn serial_node(mut line: SerialLine, period: Duration, stop: CancellationToken) {
+    use edgeloop_shared::frame::{NodeMessage, encode_to_vec};
+    use std::io::Write;
+    let mut seq = 0u32;
+    while !stop.is_cancelled() {
+        let t = seq as f32 * period.as_secs_f32();
+        let mut bytes = Vec::new();
+        for (channel, value) in [(0u16, 55.0 + (t / 30.0).sin()), (1, 0.3 * (t * 24.7 * std::f32::consts::TAU).sin())] {
+            if let Ok(f) = encode_to_vec(&NodeMessage::Reading { channel, seq, ts_us: None, value }) {
+                bytes.extend(f);
+            }
+        }
+        if seq.is_multiple_of((1000 / period.as_millis().max(1) as u32).max(1))
+            && let Ok(f) =
+                encode_to_vec(&NodeMessage::Heartbeat { seq, uptime_ms: (t * 1000.0) as u64, tripped: false })
+        {
+            bytes.extend(f);
+        }
+        if line.master.write_all(&bytes).is_err() {
+            return;
+        }
+        seq = seq.wrapping_add(1);
+        std::thread::sleep(period);
+    }
+    // Keep the line open until the agent has read everything.
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 fn totals(id: &str, agent: &edgeloop_agent::Agent, collector: &edgeloop_collector::Collector) -> GatewayTotals {
     let s = agent.stats.snapshot();
     let stored = match collector.store.local() {
@@ -165,7 +301,7 @@ fn report(
 ) -> std::io::Result<()> {
     writeln!(
         out,
-        "t={:>5.1}s  {:<10} {:>9} {:>9} {:>9} {:>8} {:>9}  uplink",
+        "t={:>5.1}s  {:<14} {:>9} {:>9} {:>9} {:>8} {:>9}  uplink",
         elapsed.as_secs_f64(),
         "gateway",
         "produced",
@@ -179,7 +315,7 @@ fn report(
         let t = totals(id, a, collector);
         writeln!(
             out,
-            "          {:<10} {:>9} {:>9} {:>9} {:>8} {:>9}  {}",
+            "          {:<14} {:>9} {:>9} {:>9} {:>8} {:>9}  {}",
             id,
             s.produced,
             s.accepted,

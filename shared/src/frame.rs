@@ -384,4 +384,31 @@ mod tests {
             assert_eq!(found, Some(Ok(good)));
         }
     }
+
+    proptest::proptest! {
+        /// Any bytes, fed in any chunking: the decoder never panics, and a valid frame that
+        /// follows a delimiter always comes out intact.
+        #[test]
+        fn decoder_survives_any_input_and_resynchronises(
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            chunk in 1usize..64,
+            channel in proptest::num::u16::ANY,
+            seq in proptest::num::u32::ANY,
+            value in -1e6f32..1e6,
+            ts_us in proptest::option::of(proptest::num::u64::ANY),
+        ) {
+            let mut d = FrameDecoder::<64>::new();
+            for piece in noise.chunks(chunk) {
+                d.feed::<NodeMessage>(piece, |_| {});
+            }
+            let good = NodeMessage::Reading { channel, seq, ts_us, value };
+            let mut stream = vec![0u8];
+            stream.extend(encode_to_vec(&good).unwrap());
+            let mut out = Vec::new();
+            for piece in stream.chunks(chunk) {
+                d.feed::<NodeMessage>(piece, |r| out.push(r));
+            }
+            proptest::prop_assert_eq!(out.last().cloned(), Some(Ok(good)));
+        }
+    }
 }

@@ -227,7 +227,8 @@ fn bad_config_is_refused_with_the_key_and_line() {
     assert!(!out.status.success() && err.contains("database") && err.contains("line 1"), "{err}");
 }
 
-/// `edgeloop demo`, shortened: every reading its gateways produce is stored exactly once.
+/// `edgeloop demo`, shortened: every reading its gateways produce (simulated, MQTT and serial
+/// sources alike) is stored exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_stores_every_reading_it_produces() {
     harness::init_tracing();
@@ -242,9 +243,9 @@ async fn the_demo_stores_every_reading_it_produces() {
     let mut out = Vec::new();
     let totals = edgeloop::run(opts, &mut out, CancellationToken::new()).await.unwrap();
     let text = String::from_utf8(out).unwrap();
-    assert_eq!(totals.len(), 2);
+    assert_eq!(totals.len(), 4, "2 simulated machines, the MQTT gateway, the serial gateway");
     for t in &totals {
-        assert!(t.produced > 500, "{t:?}\n{text}");
+        assert!(t.produced > 100, "{t:?}\n{text}");
         assert_eq!((t.accepted, t.acked, t.stored), (t.produced, t.produced, t.produced), "{text}");
     }
     assert!(text.contains("stored exactly once"), "{text}");

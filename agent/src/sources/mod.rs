@@ -62,15 +62,18 @@ pub struct SourceContext {
 impl SourceContext {
     /// Sends one observation; `false` when the pipeline is gone or shutting down.
     pub async fn emit(&self, sensor: String, kind: ObservationKind) -> bool {
-        if matches!(kind, ObservationKind::Value { .. }) {
+        let is_value = matches!(kind, ObservationKind::Value { .. });
+        let obs = Observation { source: self.index, sensor, kind };
+        let sent = tokio::select! {
+            r = self.out.send(obs) => r.is_ok(),
+            _ = self.shutdown.cancelled() => false,
+        };
+        // Counted once handed on, so "produced" never includes a reading dropped at shutdown.
+        if sent && is_value {
             self.counters.readings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.stats.produced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let obs = Observation { source: self.index, sensor, kind };
-        tokio::select! {
-            r = self.out.send(obs) => r.is_ok(),
-            _ = self.shutdown.cancelled() => false,
-        }
+        sent
     }
 }
 

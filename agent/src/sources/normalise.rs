@@ -53,7 +53,7 @@ impl Normaliser {
 
     /// The gateway's time for a reading of `sensor`, strictly after the previous one.
     fn gateway_ts(&mut self, sensor: &str, received_ns: i64) -> i64 {
-        let ts = match self.last_gateway_ts.get_mut(sensor) {
+        match self.last_gateway_ts.get_mut(sensor) {
             Some(last) => {
                 *last = received_ns.max(*last + 1);
                 *last
@@ -62,8 +62,7 @@ impl Normaliser {
                 self.last_gateway_ts.insert(sensor.to_owned(), received_ns);
                 received_ns
             }
-        };
-        ts
+        }
     }
 
     pub fn expect(&mut self, sensor: &str, source: u16, now: Instant) {

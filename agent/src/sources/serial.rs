@@ -158,6 +158,34 @@ pub async fn run(ctx: SourceContext, cfg: SerialConfig, mut commands: mpsc::Rece
     }
 }
 
+/// What one node message says about which sensors.
+fn observations(names: &ChannelNames, msg: NodeMessage, received_ns: i64) -> Vec<(String, ObservationKind)> {
+    let value = |v: f32, device_ts_ns: Option<i64>| {
+        if v.is_finite() {
+            ObservationKind::Value { value: v as f64, device_ts_ns, received_ns }
+        } else {
+            ObservationKind::Error
+        }
+    };
+    match msg {
+        NodeMessage::Reading { channel, ts_us, value: v, .. } => {
+            let device_ts_ns = ts_us.and_then(|us| i64::try_from(us).ok()).map(|us| us.saturating_mul(1_000));
+            vec![(names.sensor(channel), value(v, device_ts_ns))]
+        }
+        // Window features computed on the node (where the link is too slow for raw samples).
+        NodeMessage::Features { channel, rms, peak, peak_to_peak, crest, .. } => {
+            let base = names.sensor(channel);
+            [("rms", rms), ("peak", peak), ("p2p", peak_to_peak), ("crest", crest)]
+                .into_iter()
+                .map(|(suffix, v)| (format!("{base}.{suffix}"), value(v, None)))
+                .collect()
+        }
+        // Heartbeats, interlock reports and raw blocks prove the node alive; the rules and the
+        // raw-capture path consume the rest of their content.
+        _ => vec![(names.node(), ObservationKind::Alive)],
+    }
+}
+
 /// Reads and writes an open port; `false` when the agent is stopping.
 async fn serve(
     ctx: &SourceContext,
@@ -194,23 +222,14 @@ async fn serve(
                         }
                     };
                     ctx.counters.messages.fetch_add(1, Relaxed);
-                    let (sensor, kind) = match msg {
-                        NodeMessage::Reading { channel, ts_us, value, .. } => {
-                            let sensor = names.sensor(channel);
-                            if !value.is_finite() {
-                                ctx.counters.malformed.fetch_add(1, Relaxed);
-                                (sensor, ObservationKind::Error)
-                            } else {
-                                let device_ts_ns = ts_us.and_then(|us| i64::try_from(us).ok()).map(|us| us.saturating_mul(1_000));
-                                (sensor, ObservationKind::Value { value: value as f64, device_ts_ns, received_ns })
-                            }
+                    let observations = observations(names, msg, received_ns);
+                    if observations.iter().any(|(_, k)| *k == ObservationKind::Error) {
+                        ctx.counters.malformed.fetch_add(1, Relaxed);
+                    }
+                    for (sensor, kind) in observations {
+                        if !ctx.emit(sensor, kind).await {
+                            return false;
                         }
-                        NodeMessage::Heartbeat { .. } => (names.node(), ObservationKind::Alive),
-                        #[allow(unreachable_patterns)] // newer firmware may send more than this build maps
-                        _ => (names.node(), ObservationKind::Alive),
-                    };
-                    if !ctx.emit(sensor, kind).await {
-                        return false;
                     }
                 }
             }
