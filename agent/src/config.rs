@@ -33,6 +33,9 @@ pub struct AgentSection {
     pub id: String,
     /// Where the durable buffer lives.
     pub data_dir: PathBuf,
+    /// Tags stored with every reading and event of this gateway, e.g. `{ site = "plant-a" }`.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -300,6 +303,14 @@ impl AgentConfig {
         let mut problem = |key: &str, message: String| out.push(Problem { key: key.into(), message });
         if let Err(e) = edgeloop_shared::id::validate(&self.agent.id) {
             problem("agent.id", format!("{:?} is not a valid id: {e}", self.agent.id));
+        }
+        for (k, v) in &self.agent.tags {
+            if let Err(e) = edgeloop_shared::id::validate(k).and_then(|_| edgeloop_shared::id::validate(v)) {
+                problem(&format!("agent.tags.{k}"), format!("{k:?} = {v:?}: {e}"));
+            }
+            if matches!(k.as_str(), "agent" | "sensor" | "subject" | "kind" | "severity") {
+                problem(&format!("agent.tags.{k}"), "this tag name is reserved by edgeloop; choose another".into());
+            }
         }
         if self.agent.data_dir.as_os_str().is_empty() {
             problem("agent.data_dir", "must name a directory for the durable buffer".into());

@@ -173,6 +173,7 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
 
     let intake = IntakeSettings {
         agent: config.agent.id.clone(),
+        tags: config.agent.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         flush_interval: config.buffer.flush_interval.0,
         batch_max_readings: config.uplink.batch_max_readings,
     };

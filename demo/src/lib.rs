@@ -87,7 +87,11 @@ pub async fn run(
     for i in 1..=opts.gateways {
         let id = format!("gateway-{i}");
         let config = AgentConfig {
-            agent: AgentSection { id: id.clone(), data_dir: dir.path().join(&id) },
+            agent: AgentSection {
+                id: id.clone(),
+                data_dir: dir.path().join(&id),
+                tags: [("site".to_string(), "demo-plant".to_string())].into(),
+            },
             uplink: UplinkConfig { host: broker.ip().to_string(), port: broker.port(), ..Default::default() },
             buffer: BufferConfig::default(),
             sources: BTreeMap::from([(

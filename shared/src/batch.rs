@@ -18,6 +18,8 @@ pub struct Batch {
     pub agent: String,
     /// Per-agent sequence number, strictly increasing over the agent's life (it survives restarts).
     pub seq: u64,
+    /// Tags the agent puts on everything it sends (e.g. `site`, `line`), besides `agent` itself.
+    pub tags: Vec<(String, String)>,
     pub series: Vec<Series>,
     pub events: Vec<Event>,
 }
@@ -48,7 +50,7 @@ impl Batch {
                 None => series.push(Series { sensor: r.sensor.clone(), points: alloc::vec![point] }),
             }
         }
-        Batch { agent: agent.into(), seq, series, events: Vec::new() }
+        Batch { agent: agent.into(), seq, tags: Vec::new(), series, events: Vec::new() }
     }
 
     /// Number of readings in the batch.
@@ -74,6 +76,14 @@ impl Batch {
         let invalid = |what: String, reason: String| WireError::Invalid { what, reason };
         crate::id::validate(&self.agent)
             .map_err(|e| invalid(alloc::format!("agent id {:?}", self.agent), e.to_string()))?;
+        for (k, v) in &self.tags {
+            for (what, text) in [("key", k), ("value", v)] {
+                crate::id::validate(text).map_err(|e| invalid(alloc::format!("tag {what} {text:?}"), e.to_string()))?;
+            }
+            if matches!(k.as_str(), "agent" | "sensor" | "subject" | "kind" | "severity") {
+                return Err(invalid(alloc::format!("tag key {k:?}"), "is reserved by edgeloop".into()));
+            }
+        }
         for s in &self.series {
             crate::id::validate(&s.sensor)
                 .map_err(|e| invalid(alloc::format!("sensor id {:?}", s.sensor), e.to_string()))?;

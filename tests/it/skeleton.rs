@@ -65,10 +65,11 @@ async fn influxdb_1_6_stores_exactly_100k_readings() {
     let influx = Influx1::start("edgeloop").await;
     let (collector, _agent, _dir) = send_through(v1(&influx.url, "edgeloop"), 100_000, Duration::from_millis(1)).await;
     assert_eq!(influx.count("edgeloop", "readings", "value").await, 100_000);
-    let per_sensor = influx.query("edgeloop", "SELECT count(value) FROM readings GROUP BY sensor, agent").await;
+    let per_sensor = influx.query("edgeloop", "SELECT count(value) FROM readings GROUP BY sensor, agent, site").await;
     let series = per_sensor["results"][0]["series"].as_array().unwrap();
     assert_eq!(series.len(), 2, "two sensors of one agent: {per_sensor}");
     assert_eq!(series[0]["tags"]["agent"], "gw-1");
+    assert_eq!(series[0]["tags"]["site"], "test-plant", "the agent's configured tags are stored");
     assert_eq!(collector.stats.points_stored.load(Relaxed), 100_000);
 }
 

@@ -33,6 +33,8 @@ pub enum Record {
 #[derive(Debug, Clone)]
 pub struct IntakeSettings {
     pub agent: String,
+    /// Tags put on every batch.
+    pub tags: Vec<(String, String)>,
     pub flush_interval: Duration,
     pub batch_max_readings: usize,
 }
@@ -102,7 +104,8 @@ async fn commit(
         }
     }
     let n_events = events.len() as u64;
-    let last_seq = buffer.append(&settings.agent, &readings, events, settings.batch_max_readings).await?;
+    let last_seq =
+        buffer.append(&settings.agent, &settings.tags, &readings, events, settings.batch_max_readings).await?;
     let n = readings.len() as u64;
     stats.accepted.fetch_add(n, Relaxed);
     stats.events_accepted.fetch_add(n_events, Relaxed);

@@ -83,6 +83,7 @@ impl Buffer {
     pub async fn append(
         &self,
         agent: &str,
+        tags: &[(String, String)],
         readings: &[Reading],
         events: Vec<Event>,
         per_batch: usize,
@@ -96,6 +97,7 @@ impl Buffer {
             let seq = self.next_seq.fetch_add(1, Relaxed);
             let mut batch = Batch::from_readings(agent, seq, chunk);
             batch.events = events.take().unwrap_or_default();
+            batch.tags = tags.to_vec();
             let payload = batch.encode().map_err(|source| BufferError::Encode { seq, source })?;
             let mut value = Vec::with_capacity(4 + payload.len());
             value.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
@@ -164,7 +166,7 @@ mod tests {
     async fn batches_survive_reopen_and_sequence_numbers_never_repeat() {
         let dir = tempfile::tempdir().unwrap();
         let buf = Buffer::open(dir.path(), 4 << 20).unwrap();
-        assert_eq!(buf.append("gw", &readings(25), vec![], 10).await.unwrap(), 2);
+        assert_eq!(buf.append("gw", &[], &readings(25), vec![], 10).await.unwrap(), 2);
         let stored = buf.next_after(None, 10).unwrap();
         assert_eq!(stored.iter().map(|b| (b.seq, b.readings)).collect::<Vec<_>>(), [(0, 10), (1, 10), (2, 5)]);
         let batch = Batch::decode(&stored[2].payload).unwrap();
@@ -181,7 +183,7 @@ mod tests {
         let buf = Buffer::open(dir.path(), 4 << 20).unwrap();
         assert_eq!(buf.backlog().unwrap(), (0, 0));
         assert_eq!(
-            buf.append("gw", &readings(1), vec![], 10).await.unwrap(),
+            buf.append("gw", &[], &readings(1), vec![], 10).await.unwrap(),
             3,
             "seq continues after a drained restart"
         );

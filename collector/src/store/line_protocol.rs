@@ -16,6 +16,7 @@ pub fn encode_batch(out: &mut String, measurement: &str, events_measurement: &st
         escape(out, measurement, Kind::Measurement);
         out.push_str(",agent=");
         escape(out, &batch.agent, Kind::Tag);
+        push_tags(out, &batch.tags);
         out.push_str(",sensor=");
         escape(out, &series.sensor, Kind::Tag);
         out.push_str(" value=");
@@ -32,6 +33,7 @@ pub fn encode_batch(out: &mut String, measurement: &str, events_measurement: &st
         escape(out, events_measurement, Kind::Measurement);
         out.push_str(",agent=");
         escape(out, &batch.agent, Kind::Tag);
+        push_tags(out, &batch.tags);
         out.push_str(",subject=");
         escape(out, &e.subject, Kind::Tag);
         let _ = write!(out, ",kind={},severity={} message=\"", e.kind.name(), e.severity.name());
@@ -54,6 +56,15 @@ pub fn encode_batch(out: &mut String, measurement: &str, events_measurement: &st
             }
         }
         let _ = writeln!(out, " {}", e.ts_ns);
+    }
+}
+
+fn push_tags(out: &mut String, tags: &[(String, String)]) {
+    for (k, v) in tags {
+        out.push(',');
+        escape(out, k, Kind::Tag);
+        out.push('=');
+        escape(out, v, Kind::Tag);
     }
 }
 
@@ -95,6 +106,7 @@ mod tests {
         let batch = Batch {
             agent: "gw-1".into(),
             seq: 1,
+            tags: vec![("site".into(), "plant-a".into())],
             series: vec![Series {
                 sensor: "press-3.temp".into(),
                 points: vec![Point { ts_ns: 1_700_000_000_000_000_001, value: 21.5 }, Point { ts_ns: 2, value: 3.0 }],
@@ -112,9 +124,9 @@ mod tests {
         encode_batch(&mut out, "readings", "events", &batch);
         assert_eq!(
             out,
-            "readings,agent=gw-1,sensor=press-3.temp value=21.5 1700000000000000001\n\
-             readings,agent=gw-1,sensor=press-3.temp value=3.0 2\n\
-             events,agent=gw-1,subject=buffer,kind=dropped,severity=warning message=\"full, \\\"oldest\\\" dropped\",dropped_readings=12i,fill\\ ratio=1.0 5\n"
+            "readings,agent=gw-1,site=plant-a,sensor=press-3.temp value=21.5 1700000000000000001\n\
+             readings,agent=gw-1,site=plant-a,sensor=press-3.temp value=3.0 2\n\
+             events,agent=gw-1,site=plant-a,subject=buffer,kind=dropped,severity=warning message=\"full, \\\"oldest\\\" dropped\",dropped_readings=12i,fill\\ ratio=1.0 5\n"
         );
     }
 
@@ -124,6 +136,7 @@ mod tests {
         let batch = Batch {
             agent: "a".into(),
             seq: 0,
+            tags: vec![],
             series: vec![Series {
                 sensor: "s".into(),
                 points: vec![Point { ts_ns: 1, value: 1e300 }, Point { ts_ns: 2, value: -1e-300 }],

@@ -95,7 +95,11 @@ pub fn collector_config(listen: SocketAddr, store: StoreConfig) -> CollectorConf
 /// An agent with one simulated machine `machine`, uplink to `broker`.
 pub fn agent_config(id: &str, data_dir: &Path, broker: SocketAddr, sim: SimulatedConfig) -> AgentConfig {
     AgentConfig {
-        agent: AgentSection { id: id.into(), data_dir: data_dir.into() },
+        agent: AgentSection {
+            id: id.into(),
+            data_dir: data_dir.into(),
+            tags: [("site".to_string(), "test-plant".to_string())].into(),
+        },
         uplink: UplinkConfig {
             host: broker.ip().to_string(),
             port: broker.port(),
