@@ -33,6 +33,8 @@ pub struct AgentSection {
     pub id: String,
     /// Where the durable buffer lives.
     pub data_dir: PathBuf,
+    /// The rule file (local safety rules and their actions); no rules when absent.
+    pub rules: Option<PathBuf>,
     /// Tags stored with every reading and event of this gateway, e.g. `{ site = "plant-a" }`.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,

@@ -8,14 +8,20 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML config, strict parsing and validation.
+//! - [`rules`]: local safety rules on the fast path (file format, engine, pipeline stage).
+//! - [`actions`]: what a firing rule does (serial trip command, MQTT publish, program).
 //! - [`sources`]: where readings come from (one file per kind of source).
+//! - [`features`]: window features for rules (vibration RMS, kurtosis, velocity, bands, ISO zones).
 //! - [`buffer`]: the durable sled buffer and the group-commit intake task.
 //! - [`forwarder`]: the uplink's in-flight window and its MQTT transport.
 //! - [`stats`]: the agent's counters.
 
+pub mod actions;
 pub mod buffer;
 pub mod config;
+pub mod features;
 pub mod forwarder;
+pub mod rules;
 pub mod sources;
 pub mod stats;
 
@@ -52,6 +58,8 @@ pub enum StartError {
     Buffer(#[from] BufferError),
     #[error("source {source_id}: {error}")]
     Broker { source_id: String, error: edgeloop_shared::broker::BrokerError },
+    #[error(transparent)]
+    Rules(#[from] rules::config::RuleFileError),
 }
 
 /// A running agent.
@@ -61,6 +69,7 @@ pub struct Agent {
     serial: BTreeMap<String, SerialHandle>,
     brokers: BTreeMap<String, SocketAddr>,
     health: Arc<Mutex<Vec<SensorHealth>>>,
+    rules: rules::stage::RulesHandle,
     tasks: TaskTracker,
     stop_sources: CancellationToken,
     shutdown: CancellationToken,
@@ -98,6 +107,16 @@ impl Agent {
         self.brokers.get(id).copied()
     }
 
+    /// Releases a latched rule; refused while its condition or its sensors are still bad.
+    pub async fn reset(&self, rule: &str) -> rules::engine::ResetOutcome {
+        self.rules.reset(rule).await
+    }
+
+    /// The rules latched (tripped until reset) right now.
+    pub fn latched(&self) -> Vec<String> {
+        self.rules.latched()
+    }
+
     /// Every sensor's health, as of the last quarter second.
     pub fn health(&self) -> Vec<SensorHealth> {
         self.health.lock().map(|h| h.clone()).unwrap_or_default()
@@ -115,7 +134,12 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
     let buffer = Buffer::open(&config.agent.data_dir, config.buffer.cache.0)?;
     let tasks = TaskTracker::new();
     let (obs_tx, obs_rx) = mpsc::channel(STAGE_QUEUE);
+    let (normalised_tx, normalised_rx) = mpsc::channel(STAGE_QUEUE);
     let (records_tx, records_rx) = mpsc::channel(STAGE_QUEUE);
+    let rule_file = match &config.agent.rules {
+        Some(path) => rules::config::RuleFile::load(path, &rules::config::Context::of(config))?,
+        None => rules::config::RuleFile::default(),
+    };
     let (committed_tx, committed_rx) = watch::channel(0);
 
     let stop_sources = shutdown.child_token();
@@ -124,6 +148,7 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
     let mut counters = BTreeMap::new();
     let mut serial = BTreeMap::new();
     let mut brokers = BTreeMap::new();
+    let mut mqtt_targets = std::collections::HashMap::new();
     for (index, (id, source)) in config.sources.iter().enumerate() {
         let index = index as u16;
         policies.push(SourcePolicy { stale_after: source.stale_after(), max_clock_skew: source.max_clock_skew() });
@@ -157,6 +182,7 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
                 if let Some(addr) = addr {
                     brokers.insert(id.clone(), addr);
                 }
+                mqtt_targets.insert(id.clone(), actions::target_for(addr, cfg));
                 tasks.spawn(sources::mqtt::run(ctx, cfg.clone(), config.agent.id.clone(), addr));
             }
         }
@@ -169,7 +195,15 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         normaliser.expect(sensor, *index, now);
     }
     let health = Arc::new(Mutex::new(Vec::new()));
-    tasks.spawn(sources::normalise::run(normaliser, obs_rx, records_tx, health.clone()));
+    tasks.spawn(sources::normalise::run(normaliser, obs_rx, normalised_tx, health.clone()));
+
+    let latches = buffer.tree("latches")?;
+    let rule_file = Arc::new(rule_file);
+    let engine = rules::engine::Engine::new(&rule_file);
+    let actions = actions::Actions::new(&rule_file, &serial, &mqtt_targets, &config.agent.id, stats.clone(), &shutdown);
+    let (rules_handle, control, latched_view) = rules::stage::control_channel();
+    let stage = rules::stage::Stage { engine, file: rule_file, actions, latches, latched_view };
+    tasks.spawn(rules::stage::run(stage, normalised_rx, records_tx, control));
 
     let intake = IntakeSettings {
         agent: config.agent.id.clone(),
@@ -205,5 +239,5 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
             sd.cancel();
         }
     });
-    Ok(Agent { stats, sources: counters, serial, brokers, health, tasks, stop_sources, shutdown })
+    Ok(Agent { stats, sources: counters, serial, brokers, health, rules: rules_handle, tasks, stop_sources, shutdown })
 }

@@ -24,6 +24,22 @@ enum Command {
     },
     /// Check a config file and print every problem in it.
     Check { config: PathBuf },
+    /// Local safety rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Check a rule file and print every problem with the rule id, key and line.
+    Check {
+        file: PathBuf,
+        /// The agent config, to also check that actions name this agent's sources.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +62,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Check { config } => {
             AgentConfig::load(&config)?;
             println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Rules { command: RulesCommand::Check { file, config } } => {
+            let ctx = match config {
+                Some(c) => edgeloop_agent::rules::config::Context::of(&AgentConfig::load(&c)?),
+                None => Default::default(),
+            };
+            let rules = edgeloop_agent::rules::config::RuleFile::load(&file, &ctx)?;
+            println!("{}: ok, {} rule(s), {} action(s)", file.display(), rules.rules.len(), rules.actions.len());
             Ok(())
         }
         Command::Run { config } => {

@@ -23,6 +23,10 @@ pub struct AgentStats {
     pub uplink_connected: AtomicBool,
     /// Events (stale sensors, clock skew, trips) durably in the buffer.
     pub events_accepted: AtomicU64,
+    /// Rule actions handed off (a trip command queued, a message published, a program started).
+    pub actions_fired: AtomicU64,
+    /// Rule actions that could not be handed off or failed (each exec attempt counts).
+    pub action_failures: AtomicU64,
 }
 
 /// A point-in-time copy of [`AgentStats`].

@@ -90,6 +90,7 @@ pub async fn run(
             agent: AgentSection {
                 id: id.clone(),
                 data_dir: dir.path().join(&id),
+                rules: None,
                 tags: [("site".to_string(), "demo-plant".to_string())].into(),
             },
             uplink: UplinkConfig { host: broker.ip().to_string(), port: broker.port(), ..Default::default() },
@@ -128,7 +129,8 @@ pub async fn run(
     // A gateway with a serial sensor node on a real pseudo-terminal.
     let pty = SerialLine::open()?;
     let serial_id = "gateway-serial".to_string();
-    let serial_cfg = gateway_config(
+    let rules = serial_rules();
+    let serial_cfg = gateway_config_with_rules(
         &serial_id,
         dir.path(),
         broker,
@@ -138,12 +140,14 @@ pub async fn run(
             pty.path.display(),
             opts.period.as_millis().max(1)
         ),
+        Some(&rules),
     )?;
     let serial_agent = edgeloop_agent::start(&serial_cfg, agent_stop.child_token()).await?;
+    let (notes_tx, notes) = std::sync::mpsc::channel();
     let node = std::thread::spawn({
         let stop = devices_stop.clone();
         let period = opts.period;
-        move || serial_node(pty, period, stop)
+        move || serial_node(pty, period, stop, notes_tx)
     });
     agents.push((serial_id, serial_agent));
 
@@ -158,7 +162,19 @@ pub async fn run(
             }
         };
         tokio::select! {
-            _ = tick.tick() => report(out, started.elapsed(), &agents, &collector)?,
+            _ = tick.tick() => {
+                report(out, started.elapsed(), &agents, &collector)?;
+                for (id, a) in &agents {
+                    for rule in a.latched() {
+                        writeln!(out, "          {id}: rule {rule} is LATCHED (tripped until reset)")?;
+                    }
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                while let Ok(note) = notes.try_recv() {
+                    writeln!(out, "\n{note}\n")?;
+                }
+            }
             _ = done => break,
             _ = shutdown.cancelled() => break,
         }
@@ -207,8 +223,26 @@ fn gateway_config(
     broker: std::net::SocketAddr,
     sources: &str,
 ) -> anyhow::Result<AgentConfig> {
+    gateway_config_with_rules(id, dir, broker, sources, None)
+}
+
+fn gateway_config_with_rules(
+    id: &str,
+    dir: &std::path::Path,
+    broker: std::net::SocketAddr,
+    sources: &str,
+    rules: Option<&str>,
+) -> anyhow::Result<AgentConfig> {
+    let rules_line = match rules {
+        Some(text) => {
+            let path = dir.join(format!("{id}-rules.toml"));
+            std::fs::write(&path, text)?;
+            format!("rules = \"{}\"\n", path.display())
+        }
+        None => String::new(),
+    };
     let text = format!(
-        "[agent]\nid = \"{id}\"\ndata_dir = \"{}\"\n[uplink]\nhost = \"{}\"\nport = {}\n{sources}",
+        "[agent]\nid = \"{id}\"\ndata_dir = \"{}\"\n{rules_line}[uplink]\nhost = \"{}\"\nport = {}\n{sources}",
         dir.join(id).display(),
         broker.ip(),
         broker.port()
@@ -255,31 +289,89 @@ impl SerialLine {
         cfmakeraw(&mut t);
         tcsetattr(&pair.slave, SetArg::TCSANOW, &t)?;
         let path = nix::unistd::ttyname(&pair.slave)?;
+        // The node polls for commands between frames: reads must not block.
+        let flags =
+            nix::fcntl::OFlag::from_bits_truncate(nix::fcntl::fcntl(&pair.master, nix::fcntl::FcntlArg::F_GETFL)?);
+        nix::fcntl::fcntl(&pair.master, nix::fcntl::FcntlArg::F_SETFL(flags | nix::fcntl::OFlag::O_NONBLOCK))?;
         Ok(Self { path, master: std::fs::File::from(pair.master), _slave: pair.slave })
     }
 }
 
 /// A sensor node: temperature and vibration frames every period, a heartbeat every second.
-fn serial_node(mut line: SerialLine, period: Duration, stop: CancellationToken) {
-    use edgeloop_shared::frame::{NodeMessage, encode_to_vec};
-    use std::io::Write;
+/// The overheat the demo stages: the node's temperature climbs past the rule's trip level.
+const TRIP_LEVEL: f32 = 80.0;
+
+/// The rule file of the serial gateway: an overheating spindle opens the node's relay and latches.
+fn serial_rules() -> String {
+    format!(
+        "[rules.press-9-overtemp]\nsensor = \"press-9.temperature\"\nabove = {TRIP_LEVEL:.1}\nclear = 70.0\nseverity = \"trip\"\n\
+         actions = [\"press-9-relay\"]\n\n[actions.press-9-relay]\nkind = \"serial\"\nsource = \"node\"\n"
+    )
+}
+
+/// A sensor node: temperature and vibration frames every period, a heartbeat every second. Its
+/// spindle warms up past the trip level; when the gateway's trip command arrives it opens its
+/// relay (the machine stops and cools down) and reports how long the trip took.
+fn serial_node(
+    mut line: SerialLine,
+    period: Duration,
+    stop: CancellationToken,
+    notes: std::sync::mpsc::Sender<String>,
+) {
+    use edgeloop_shared::frame::{FrameDecoder, GatewayMessage, MAX_WIRE_FRAME, NodeMessage, encode_to_vec};
+    use std::io::{Read, Write};
     let mut seq = 0u32;
+    let mut temperature = 62.0f32;
+    let mut tripped = false;
+    let mut decoder = FrameDecoder::<MAX_WIRE_FRAME>::new();
+    let mut buf = [0u8; 256];
     while !stop.is_cancelled() {
         let t = seq as f32 * period.as_secs_f32();
+        // Running: +2 °C/s; relay open: the machine stops and cools at 1 °C/s.
+        temperature = if tripped {
+            (temperature - period.as_secs_f32()).max(40.0)
+        } else {
+            temperature + 2.0 * period.as_secs_f32()
+        };
         let mut bytes = Vec::new();
-        for (channel, value) in [(0u16, 55.0 + (t / 30.0).sin()), (1, 0.3 * (t * 24.7 * std::f32::consts::TAU).sin())] {
+        for (channel, value) in [(0u16, temperature), (1, 0.3 * (t * 24.7 * std::f32::consts::TAU).sin())] {
             if let Ok(f) = encode_to_vec(&NodeMessage::Reading { channel, seq, ts_us: None, value }) {
                 bytes.extend(f);
             }
         }
         if seq.is_multiple_of((1000 / period.as_millis().max(1) as u32).max(1))
-            && let Ok(f) =
-                encode_to_vec(&NodeMessage::Heartbeat { seq, uptime_ms: (t * 1000.0) as u64, tripped: false })
+            && let Ok(f) = encode_to_vec(&NodeMessage::Heartbeat { seq, uptime_ms: (t * 1000.0) as u64, tripped })
         {
             bytes.extend(f);
         }
+        let sent = std::time::Instant::now();
         if line.master.write_all(&bytes).is_err() {
             return;
+        }
+        // Over the limit: watch the line closely for the trip command, to time it.
+        let watch_until =
+            sent + if !tripped && temperature > TRIP_LEVEL { Duration::from_millis(100) } else { Duration::ZERO };
+        loop {
+            if let Ok(n) = line.master.read(&mut buf) {
+                let mut got = Vec::new();
+                decoder.feed::<GatewayMessage>(&buf[..n], |r| got.extend(r.ok()));
+                for cmd in got {
+                    if let GatewayMessage::Trip { rule } = cmd
+                        && !tripped
+                    {
+                        tripped = true;
+                        let _ = notes.send(format!(
+                            "TRIP  press-9-overtemp (#{rule}): press-9.temperature = {temperature:.2} > {TRIP_LEVEL:.1}; \
+                             the node's relay opened {:.2} ms after the reading left it; latched until reset",
+                            sent.elapsed().as_secs_f64() * 1e3
+                        ));
+                    }
+                }
+            }
+            if tripped || std::time::Instant::now() >= watch_until {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(50));
         }
         seq = seq.wrapping_add(1);
         std::thread::sleep(period);

@@ -43,7 +43,8 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,rumqttd=error".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,rumqttd=off,edgeloop_agent::rules=error".into()),
         )
         .init();
     let Cli { command: Command::Demo { gateways, period, report_every, duration, influx_url, influx_db } } =

@@ -11,6 +11,7 @@
 //!   incremental, never-panicking decoder.
 //! - [`model`] (`alloc`): reading, event, command and ack.
 //! - [`batch`] (`alloc`): the uplink batch an agent sends to the collector, and its versioned wire format.
+//! - [`codec`] (`alloc`): compact columnar encoding of one sensor's points (predicted, bit-packed).
 //! - [`units`]: human-readable durations and sizes for config files (`"250ms"`, `"64MiB"`).
 //! - [`topic`]: the versioned MQTT topic scheme `edgeloop/v1/{agent}/{channel}`.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
@@ -28,5 +29,7 @@ pub mod units;
 
 #[cfg(feature = "alloc")]
 pub mod batch;
+#[cfg(feature = "alloc")]
+pub mod codec;
 #[cfg(feature = "alloc")]
 pub mod model;

@@ -144,6 +144,11 @@ impl Buffer {
         Ok((batches, readings))
     }
 
+    /// Another tree of the same database (e.g. the rules' latches), flushed with it.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, BufferError> {
+        self.db.open_tree(name).map_err(io("opening a tree"))
+    }
+
     /// Flushes everything (acks included), e.g. at shutdown.
     pub async fn flush(&self) -> Result<(), BufferError> {
         self.db.flush_async().await.map_err(io("flushing")).map(|_| ())

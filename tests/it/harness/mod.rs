@@ -98,6 +98,7 @@ pub fn agent_config(id: &str, data_dir: &Path, broker: SocketAddr, sim: Simulate
         agent: AgentSection {
             id: id.into(),
             data_dir: data_dir.into(),
+            rules: None,
             tags: [("site".to_string(), "test-plant".to_string())].into(),
         },
         uplink: UplinkConfig {

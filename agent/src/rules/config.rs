@@ -1,0 +1,363 @@
+//! The rule file an engineer writes: rules and actions keyed by id, strict TOML, then a
+//! validation pass that reports every problem by rule id and key (and, for parse errors, line).
+//!
+//! ```toml
+//! [rules.spindle-overtemp]
+//! sensor = "press-4.temperature"
+//! above = 90.0          # trips when a reading is > 90.0 ...
+//! clear = 85.0          # ... and the condition clears only below 85.0 (hysteresis)
+//! on_delay = "200ms"    # the condition must hold this long first
+//! severity = "trip"     # latches until reset
+//! actions = ["stop-press-4"]
+//!
+//! [actions.stop-press-4]
+//! kind = "serial"
+//! source = "node-1"     # the serial source whose node opens its relay
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use edgeloop_shared::units::HumanDuration;
+use serde::Deserialize;
+
+use crate::config::Problem;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    #[serde(default)]
+    pub rules: BTreeMap<String, RuleConfig>,
+    #[serde(default)]
+    pub actions: BTreeMap<String, ActionConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleSeverity {
+    Info,
+    #[default]
+    Warning,
+    /// Latches: stays tripped until reset, across agent restarts.
+    Trip,
+}
+
+/// What a stale sensor means for a rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StalePolicy {
+    /// A silent sensor counts as a bad one (fail-safe).
+    #[default]
+    Trip,
+    /// Report it as an alarm event, but do not count it as bad.
+    Alarm,
+    /// Keep the sensor's last state.
+    Hold,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The sensor, or `sensors` for a voting group.
+    pub sensor: Option<String>,
+    #[serde(default)]
+    pub sensors: Vec<String>,
+    /// Voting: `"1oo2"`, `"2oo3"`, ... (`MooN`: M of the N sensors must be bad). Default `1ooN`.
+    pub vote: Option<String>,
+    /// Bad when a reading is strictly above this.
+    pub above: Option<f64>,
+    /// Bad when a reading is strictly below this.
+    pub below: Option<f64>,
+    /// Hysteresis: once bad, the condition clears only when the reading is strictly past this
+    /// level (below it for `above`, above it for `below`). Defaults to the threshold itself.
+    pub clear: Option<f64>,
+    /// Bad when the value changes faster than this many units per second (either direction).
+    pub rate_above: Option<f64>,
+    /// `[k, n]`: bad when at least k of the last n readings are past the threshold.
+    pub k_of_n: Option<[u32; 2]>,
+    #[serde(default)]
+    pub on_delay: HumanDuration,
+    #[serde(default)]
+    pub off_delay: HumanDuration,
+    #[serde(default)]
+    pub stale: StalePolicy,
+    #[serde(default)]
+    pub severity: RuleSeverity,
+    #[serde(default)]
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ActionConfig {
+    /// A trip command down a serial source's port (the node opens its relay).
+    Serial(SerialAction),
+    /// A message on the gateway's local MQTT broker (a PLC or actuator listens).
+    Mqtt(MqttAction),
+    /// A program run with a timeout.
+    Exec(ExecAction),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialAction {
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttAction {
+    /// The MQTT source whose broker connection publishes it.
+    pub source: String,
+    pub topic: String,
+    /// `{rule}`, `{sensor}` and `{value}` are replaced.
+    #[serde(default = "default_payload")]
+    pub payload: String,
+    #[serde(default)]
+    pub retain: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecAction {
+    pub program: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default = "default_exec_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_payload() -> String {
+    r#"{"rule":"{rule}","sensor":"{sensor}","value":{value}}"#.into()
+}
+fn default_exec_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuleFileError {
+    #[error("cannot read rule file {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid { path: PathBuf, problems: Vec<Problem> },
+}
+
+/// What a rule file may refer to outside itself. Without an agent config (`known` false), the
+/// references to sources are not checked.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub known: bool,
+    pub serial_sources: Vec<String>,
+    pub mqtt_sources: Vec<String>,
+}
+
+impl Context {
+    pub fn of(config: &crate::config::AgentConfig) -> Self {
+        use crate::config::SourceConfig;
+        let ids = |f: fn(&SourceConfig) -> bool| {
+            config.sources.iter().filter(|(_, s)| f(s)).map(|(id, _)| id.clone()).collect()
+        };
+        Context {
+            known: true,
+            serial_sources: ids(|s| matches!(s, SourceConfig::Serial(_))),
+            mqtt_sources: ids(|s| matches!(s, SourceConfig::Mqtt(_))),
+        }
+    }
+}
+
+impl RuleFile {
+    pub fn load(path: &Path, ctx: &Context) -> Result<Self, RuleFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| RuleFileError::Read { path: path.into(), source })?;
+        Self::parse(&text, path, ctx)
+    }
+
+    pub fn parse(text: &str, path: &Path, ctx: &Context) -> Result<Self, RuleFileError> {
+        let file: RuleFile =
+            toml::from_str(text).map_err(|e| RuleFileError::Parse { path: path.into(), message: e.to_string() })?;
+        let problems = file.problems(ctx);
+        if problems.is_empty() { Ok(file) } else { Err(RuleFileError::Invalid { path: path.into(), problems }) }
+    }
+
+    /// Every problem, each naming the rule or action and the key.
+    pub fn problems(&self, ctx: &Context) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut problem = |key: String, message: String| out.push(Problem { key, message });
+        for (id, r) in &self.rules {
+            let key = |k: &str| format!("rules.{id}.{k}");
+            if let Err(e) = edgeloop_shared::id::validate(id) {
+                problem(format!("rules.{id}"), format!("{id:?} is not a valid rule id: {e}"));
+            }
+            let sensors = r.sensor_list();
+            match (&r.sensor, r.sensors.is_empty()) {
+                (None, true) => problem(key("sensor"), "name the sensor (or `sensors` for a voting group)".into()),
+                (Some(_), false) => problem(key("sensors"), "use either `sensor` or `sensors`, not both".into()),
+                _ => {}
+            }
+            for s in &sensors {
+                if let Err(e) = edgeloop_shared::id::validate(s) {
+                    problem(key("sensor"), format!("{s:?}: {e}"));
+                }
+            }
+            match r.vote_threshold() {
+                Ok(m) if m as usize > sensors.len() && !sensors.is_empty() => {
+                    problem(key("vote"), format!("needs {m} bad sensors but the rule has {}", sensors.len()))
+                }
+                Err(e) => problem(key("vote"), e),
+                _ => {}
+            }
+            let conditions =
+                [r.above.is_some(), r.below.is_some(), r.rate_above.is_some()].iter().filter(|&&b| b).count();
+            if conditions != 1 {
+                problem(key("above"), "set exactly one of `above`, `below` or `rate_above`".into());
+            }
+            for (k, v) in [("above", r.above), ("below", r.below), ("clear", r.clear), ("rate_above", r.rate_above)] {
+                if v.is_some_and(|v| !v.is_finite()) {
+                    problem(key(k), "must be a finite number".into());
+                }
+            }
+            match (r.above, r.below, r.clear) {
+                (Some(a), _, Some(c)) if c > a => problem(
+                    key("clear"),
+                    format!(
+                        "{c} is above the trip level {a}: the clear level of an `above` rule must be at or below it"
+                    ),
+                ),
+                (_, Some(b), Some(c)) if c < b => problem(
+                    key("clear"),
+                    format!(
+                        "{c} is below the trip level {b}: the clear level of a `below` rule must be at or above it"
+                    ),
+                ),
+                (None, None, Some(_)) => problem(key("clear"), "`clear` only goes with `above` or `below`".into()),
+                _ => {}
+            }
+            if let Some([k, n]) = r.k_of_n
+                && (k == 0 || n == 0 || k > n || n > 1000)
+            {
+                problem(key("k_of_n"), format!("[{k}, {n}]: need 1 <= k <= n <= 1000"));
+            }
+            if r.k_of_n.is_some() && r.rate_above.is_some() {
+                problem(key("k_of_n"), "`k_of_n` goes with `above` or `below`".into());
+            }
+            if r.severity == RuleSeverity::Trip && r.actions.is_empty() {
+                problem(key("actions"), "a trip rule needs at least one action, or it stops nothing".into());
+            }
+            for a in &r.actions {
+                if !self.actions.contains_key(a) {
+                    problem(key("actions"), format!("action {a:?} is not defined; add [actions.{a}]"));
+                }
+            }
+        }
+        for (id, a) in &self.actions {
+            let key = |k: &str| format!("actions.{id}.{k}");
+            match a {
+                ActionConfig::Serial(s) if ctx.known && !ctx.serial_sources.contains(&s.source) => problem(
+                    key("source"),
+                    format!("{:?} is not a serial source of this agent (have: {:?})", s.source, ctx.serial_sources),
+                ),
+                ActionConfig::Mqtt(m) => {
+                    if ctx.known && !ctx.mqtt_sources.contains(&m.source) {
+                        problem(
+                            key("source"),
+                            format!(
+                                "{:?} is not an MQTT source of this agent (have: {:?})",
+                                m.source, ctx.mqtt_sources
+                            ),
+                        );
+                    }
+                    if m.topic.is_empty() || m.topic.contains(['+', '#']) {
+                        problem(key("topic"), format!("{:?} must be a concrete topic (no wildcards)", m.topic));
+                    }
+                }
+                ActionConfig::Exec(e) if e.timeout.0.is_zero() => problem(key("timeout"), "must be above zero".into()),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+impl RuleConfig {
+    pub fn sensor_list(&self) -> Vec<String> {
+        match &self.sensor {
+            Some(s) => vec![s.clone()],
+            None => self.sensors.clone(),
+        }
+    }
+
+    /// M of `MooN`: how many sensors must be bad.
+    pub fn vote_threshold(&self) -> Result<u32, String> {
+        let Some(v) = &self.vote else { return Ok(1) };
+        let (m, n) = v.split_once("oo").ok_or_else(|| format!("{v:?} is not MooN, e.g. \"2oo3\""))?;
+        let (m, n): (u32, u32) = match (m.parse(), n.parse()) {
+            (Ok(m), Ok(n)) => (m, n),
+            _ => return Err(format!("{v:?} is not MooN, e.g. \"2oo3\"")),
+        };
+        let have = self.sensor_list().len() as u32;
+        if m == 0 || m > n || n != have {
+            return Err(format!("{v:?} does not fit {have} sensor(s): need 1 <= M <= N = {have}"));
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Context {
+        Context { known: true, serial_sources: vec!["node-1".into()], mqtt_sources: vec!["line".into()] }
+    }
+
+    #[test]
+    fn the_example_rule_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/rules.example.toml");
+        let config = crate::config::AgentConfig::load(&path.with_file_name("agent.example.toml")).unwrap();
+        let ctx = Context::of(&config);
+        RuleFile::load(&path, &ctx).unwrap();
+    }
+
+    #[test]
+    fn problems_name_the_rule_and_key() {
+        let text = r#"
+[rules.hot]
+sensor = "t"
+above = 90.0
+clear = 95.0
+severity = "trip"
+actions = ["nope"]
+
+[rules.vote]
+sensors = ["a", "b", "c"]
+vote = "2oo2"
+below = 1.0
+
+[actions.x]
+kind = "serial"
+source = "node-9"
+"#;
+        let Err(RuleFileError::Invalid { problems, .. }) = RuleFile::parse(text, Path::new("r.toml"), &ctx()) else {
+            panic!("must be invalid")
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["rules.hot.clear", "rules.hot.actions", "rules.vote.vote", "actions.x.source"],
+            "{problems:?}"
+        );
+        assert!(problems[1].message.contains("[actions.nope]"));
+    }
+
+    #[test]
+    fn parse_errors_give_the_line() {
+        let err =
+            RuleFile::parse("[rules.a]\nsensor = \"t\"\nabove = \"hot\"\n", Path::new("r.toml"), &ctx()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 3") && msg.contains("above"), "{msg}");
+    }
+}

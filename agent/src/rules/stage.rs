@@ -1,0 +1,178 @@
+//! The rules stage: between `normalise` and the buffer intake. For every reading it evaluates
+//! the rules first and fires their actions inline (handing them off without waiting), and only
+//! then passes the reading on to be written: a trip never waits on the disk or the uplink.
+//! Latches are persisted in the agent's sled database, after the actions fired.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use edgeloop_shared::model::EventKind;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    config::RuleFile,
+    engine::{Engine, Outcome, ResetOutcome},
+};
+use crate::{actions::Actions, buffer::Record, sources::now_ns};
+
+/// Requests to the rules stage from the rest of the agent.
+pub enum Control {
+    Reset { rule: String, reply: oneshot::Sender<ResetOutcome> },
+}
+
+/// Sends requests to the running rules stage. Cheap to clone.
+#[derive(Clone)]
+pub struct RulesHandle {
+    tx: mpsc::Sender<Control>,
+    latched: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl RulesHandle {
+    /// Asks to release a latched rule; refused while its condition or sensors are still bad.
+    pub async fn reset(&self, rule: &str) -> ResetOutcome {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Control::Reset { rule: rule.to_owned(), reply }).await.is_err() {
+            return ResetOutcome::Refused("the agent is stopping".into());
+        }
+        answer.await.unwrap_or_else(|_| ResetOutcome::Refused("the agent is stopping".into()))
+    }
+}
+
+impl RulesHandle {
+    /// The rules latched right now.
+    pub fn latched(&self) -> Vec<String> {
+        self.latched.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// The handle for the rest of the agent, the receiver and the shared latch view for the stage.
+pub fn control_channel() -> (RulesHandle, mpsc::Receiver<Control>, Arc<Mutex<BTreeSet<String>>>) {
+    let (tx, rx) = mpsc::channel(16);
+    let latched = Arc::new(Mutex::new(BTreeSet::new()));
+    (RulesHandle { tx, latched: latched.clone() }, rx, latched)
+}
+
+pub struct Stage {
+    pub engine: Engine,
+    pub file: Arc<RuleFile>,
+    pub actions: Actions,
+    pub latches: sled::Tree,
+    /// What [`RulesHandle::latched`] shows.
+    pub latched_view: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Stage {
+    fn apply(&mut self, outcomes: &mut Vec<Outcome>, forward: &mut Vec<Record>) {
+        for o in outcomes.drain(..) {
+            match o {
+                Outcome::Fire { rule, actions, sensor, value } => {
+                    self.actions.fire(&self.file, &actions, &rule, &sensor, value);
+                }
+                Outcome::Latch { rule, latched } => {
+                    if let Ok(mut view) = self.latched_view.lock() {
+                        if latched {
+                            view.insert(rule.clone());
+                        } else {
+                            view.remove(&rule);
+                        }
+                    }
+                    let r = if latched {
+                        self.latches.insert(rule.as_bytes(), &now_ns().to_be_bytes()).map(|_| ())
+                    } else {
+                        self.latches.remove(rule.as_bytes()).map(|_| ())
+                    };
+                    if let Err(e) = r {
+                        tracing::error!(rule, error = %e, "cannot persist the latch");
+                    }
+                    let tree = self.latches.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = tree.flush_async().await {
+                            tracing::error!(error = %e, "cannot flush the latch");
+                        }
+                    });
+                }
+                Outcome::Event(e) => {
+                    match e.kind {
+                        EventKind::Trip => tracing::warn!(rule = %e.subject, message = %e.message, "rule tripped"),
+                        EventKind::Reset => tracing::info!(rule = %e.subject, message = %e.message, "rule reset"),
+                        _ => tracing::info!(rule = %e.subject, message = %e.message, "rule event"),
+                    }
+                    forward.push(Record::Event(e));
+                }
+            }
+        }
+    }
+}
+
+/// Runs the stage until its input closes.
+pub async fn run(
+    mut stage: Stage,
+    mut input: mpsc::Receiver<Record>,
+    out: mpsc::Sender<Record>,
+    mut control: mpsc::Receiver<Control>,
+) {
+    let mut outcomes = Vec::new();
+    let mut forward = Vec::with_capacity(1024);
+    let mut batch = Vec::with_capacity(1024);
+    // Latches from before a restart: the rules start tripped and re-assert their actions.
+    let restored: Vec<String> =
+        stage.latches.iter().keys().filter_map(Result::ok).map(|k| String::from_utf8_lossy(&k).into_owned()).collect();
+    for rule in restored {
+        if stage.engine.restore_latch(&rule, &mut outcomes) {
+            tracing::warn!(rule, "rule still latched from before the restart; trip re-asserted");
+        } else if let Err(e) = stage.latches.remove(rule.as_bytes()) {
+            tracing::error!(rule, error = %e, "cannot drop the latch of a rule that no longer exists");
+        }
+    }
+    stage.apply(&mut outcomes, &mut forward);
+    let mut tick = tokio::time::interval(stage.engine.tick_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut control_open = true;
+    loop {
+        tokio::select! {
+            n = input.recv_many(&mut batch, 1024) => {
+                if n == 0 {
+                    break;
+                }
+                for record in batch.drain(..) {
+                    let now = Instant::now();
+                    match &record {
+                        Record::Reading(r) => {
+                            if stage.engine.watches(&r.sensor) {
+                                stage.engine.on_reading(&r.sensor, r.ts_ns, r.value, now, now_ns(), &mut outcomes);
+                            }
+                        }
+                        Record::Event(e) => match e.kind {
+                            EventKind::SensorStale => stage.engine.on_stale(&e.subject, true, now, now_ns(), &mut outcomes),
+                            EventKind::SensorRecovered => stage.engine.on_stale(&e.subject, false, now, now_ns(), &mut outcomes),
+                            _ => {}
+                        },
+                    }
+                    // Actions first, then the records: the trip never waits on the buffer.
+                    stage.apply(&mut outcomes, &mut forward);
+                    forward.push(record);
+                }
+            }
+            _ = tick.tick() => {
+                stage.engine.tick(Instant::now(), now_ns(), &mut outcomes);
+                stage.apply(&mut outcomes, &mut forward);
+            }
+            c = control.recv(), if control_open => match c {
+                Some(Control::Reset { rule, reply }) => {
+                    let answer = stage.engine.reset(&rule, now_ns(), &mut outcomes);
+                    stage.apply(&mut outcomes, &mut forward);
+                    let _ = reply.send(answer);
+                }
+                None => control_open = false,
+            },
+        }
+        for r in forward.drain(..) {
+            if out.send(r).await.is_err() {
+                return;
+            }
+        }
+    }
+}

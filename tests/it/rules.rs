@@ -1,0 +1,172 @@
+//! Local safety rules through the real agent: a reading over a limit trips the machine through a
+//! real pty or the local MQTT broker, a silent sensor trips, and a latch survives a restart.
+
+use std::{path::Path, time::Duration};
+
+use edgeloop_agent::{Agent, config::AgentConfig, rules::engine::ResetOutcome};
+use edgeloop_shared::frame::{self, FrameDecoder, GatewayMessage, NodeMessage};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{self, mosquitto, pty::Pty};
+
+/// An agent with `sources` and the rule file `rules`, uplink to nowhere (the rules need none).
+async fn agent(dir: &Path, sources: &str, rules: &str) -> Agent {
+    harness::init_tracing();
+    let rules_path = dir.join("rules.toml");
+    std::fs::write(&rules_path, rules).unwrap();
+    let text = format!(
+        "[agent]\nid = \"gw-rules\"\ndata_dir = \"{}\"\nrules = \"{}\"\n[uplink]\nport = {}\nreconnect_min = \"1s\"\n{sources}",
+        dir.join("agent").display(),
+        rules_path.display(),
+        harness::free_port()
+    );
+    let config = AgentConfig::parse(&text, Path::new("rules-agent.toml")).unwrap();
+    edgeloop_agent::start(&config, CancellationToken::new()).await.unwrap()
+}
+
+fn reading(channel: u16, seq: u32, value: f32) -> Vec<u8> {
+    frame::encode_to_vec(&NodeMessage::Reading { channel, seq, ts_us: None, value }).unwrap()
+}
+
+fn commands(bytes: &[u8]) -> Vec<GatewayMessage> {
+    let mut d = FrameDecoder::<{ frame::MAX_WIRE_FRAME }>::new();
+    let mut out = Vec::new();
+    d.feed::<GatewayMessage>(bytes, |r| out.push(r.unwrap()));
+    out
+}
+
+const SERIAL_RULES: &str = r#"
+[rules.spindle-overtemp]
+sensor = "press-1.temperature"
+above = 90.0
+clear = 85.0
+severity = "trip"
+actions = ["relay"]
+
+[rules.vibration-silent]
+sensor = "press-1.vibration"
+above = 1000.0
+stale = "trip"
+severity = "warning"
+actions = ["relay"]
+
+[actions.relay]
+kind = "serial"
+source = "node"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pty_node_over_the_limit_is_tripped_and_the_latch_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyNODE");
+    let mut pty = Pty::open(&link);
+    let sources = format!(
+        "[sources.node]\nkind = \"serial\"\npath = \"{}\"\nprefix = \"press-1\"\nchannels = {{ 0 = \"temperature\", 1 = \"vibration\" }}\n\
+         period = \"100ms\"\nstale_after = \"300ms\"\nreopen_min = \"20ms\"\nreopen_max = \"100ms\"\n",
+        link.display()
+    );
+    let a = agent(dir.path(), &sources, SERIAL_RULES).await;
+    harness::wait_for("the port to open", Duration::from_secs(10), || async {
+        a.source("node").unwrap().snapshot().up.then_some(())
+    })
+    .await;
+
+    // Below the limit: nothing comes back. Over it: the trip command, at once.
+    pty.write(&[reading(0, 1, 80.0), reading(1, 1, 0.5)].concat());
+    assert!(pty.read(1, Duration::from_millis(200)).is_empty(), "no command while healthy");
+    let sent = std::time::Instant::now();
+    pty.write(&[reading(0, 2, 95.0), reading(1, 2, 0.5)].concat());
+    let got = pty.read(4, Duration::from_secs(5));
+    let latency = sent.elapsed();
+    let rule = edgeloop_agent::actions::wire_rule_id("spindle-overtemp");
+    assert_eq!(commands(&got), [GatewayMessage::Trip { rule }], "the trip command on the wire");
+    eprintln!("pty frame -> trip command read back: {latency:?}");
+
+    // Latched: a reset while still hot is refused; cooled down, it still stays latched.
+    assert!(matches!(a.reset("spindle-overtemp").await, ResetOutcome::Refused(why) if why.contains("still holds")));
+    pty.write(&[reading(0, 3, 70.0), reading(1, 3, 0.5)].concat());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Restart the agent: the latch is still there and the trip is re-asserted on the port.
+    a.shutdown();
+    a.wait().await;
+    drop(a);
+    let _ = pty.read(64, Duration::from_millis(100)); // whatever was in flight
+    let a = agent(dir.path(), &sources, SERIAL_RULES).await;
+    let got = pty.read(4, Duration::from_secs(5));
+    assert!(commands(&got).contains(&GatewayMessage::Trip { rule }), "trip re-asserted after the restart: {got:?}");
+    assert!(
+        matches!(a.reset("spindle-overtemp").await, ResetOutcome::Refused(why) if why.contains("not reported")),
+        "no reading since the restart: refused"
+    );
+    pty.write(&[reading(0, 4, 70.0), reading(1, 4, 0.5)].concat());
+    let released = harness::wait_for("the reset to be accepted", Duration::from_secs(5), || async {
+        match a.reset("spindle-overtemp").await {
+            ResetOutcome::Released => Some(true),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(released);
+
+    // A silent sensor is itself a condition: the vibration channel stops, the stale rule trips.
+    let _ = pty.read(64, Duration::from_millis(50));
+    pty.write(&reading(0, 5, 70.0));
+    let got = pty.read(4, Duration::from_secs(5));
+    let stale_rule = edgeloop_agent::actions::wire_rule_id("vibration-silent");
+    assert!(commands(&got).contains(&GatewayMessage::Trip { rule: stale_rule }), "stale sensor tripped: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_over_the_limit_publishes_the_shutdown_to_the_actuator_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = "[sources.line]\nkind = \"mqtt\"\nlisten = \"127.0.0.1:0\"\n\
+                   [sources.line.topics.plain]\nfilter = \"sensors/{machine}/{sensor}\"\nsensor = \"{machine}.{sensor}\"\nformat = \"number\"\n";
+    let rules = r#"
+[rules.pressure-high]
+sensor = "press-3.pressure"
+above = 250.0
+severity = "trip"
+actions = ["plc-stop"]
+
+[actions.plc-stop]
+kind = "mqtt"
+source = "line"
+topic = "plc/press-3/stop"
+payload = '{"stop":true,"rule":"{rule}","value":{value}}'
+"#;
+    let a = agent(dir.path(), sources, rules).await;
+    let broker = a.sensor_broker("line").unwrap();
+    harness::wait_for("the sensor subscription", Duration::from_secs(10), || async {
+        a.source("line").unwrap().snapshot().up.then_some(())
+    })
+    .await;
+
+    // The PLC listens on the gateway's broker.
+    let (plc, mut plc_events) = AsyncClient::new(MqttOptions::new("plc", broker.ip().to_string(), broker.port()), 16);
+    plc.subscribe("plc/press-3/stop", QoS::AtLeastOnce).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = plc_events.poll().await.unwrap() {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    mosquitto::publish(broker.port(), "sensors/press-3/pressure", "120.0");
+    mosquitto::publish(broker.port(), "sensors/press-3/pressure", "262.5");
+    let payload = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = plc_events.poll().await.unwrap() {
+                break String::from_utf8(p.payload.to_vec()).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("the shutdown message reaches the actuator topic");
+    assert_eq!(payload, r#"{"stop":true,"rule":"pressure-high","value":262.5}"#);
+}
