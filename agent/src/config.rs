@@ -33,8 +33,11 @@ pub struct AgentSection {
     pub id: String,
     /// Where the durable buffer lives.
     pub data_dir: PathBuf,
-    /// The rule file (local safety rules and their actions); no rules when absent.
+    /// The rule file (local safety rules and their actions); no rules when absent. It is
+    /// reloaded when it changes (checked every `rules_check_interval`) or on SIGHUP.
     pub rules: Option<PathBuf>,
+    #[serde(default = "default_rules_check_interval")]
+    pub rules_check_interval: HumanDuration,
     /// Tags stored with every reading and event of this gateway, e.g. `{ site = "plant-a" }`.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -233,6 +236,9 @@ pub struct SimulatedConfig {
     pub limit: Option<u64>,
 }
 
+fn default_rules_check_interval() -> HumanDuration {
+    secs(1)
+}
 fn default_baud() -> u32 {
     115_200
 }

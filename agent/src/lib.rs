@@ -112,6 +112,11 @@ impl Agent {
         self.rules.reset(rule).await
     }
 
+    /// Version of the rule set running (1 at start, +1 per accepted hot reload).
+    pub fn rules_version(&self) -> u64 {
+        self.stats.rules_version.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The rules latched (tripped until reset) right now.
     pub fn latched(&self) -> Vec<String> {
         self.rules.latched()
@@ -200,10 +205,35 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
     let latches = buffer.tree("latches")?;
     let rule_file = Arc::new(rule_file);
     let engine = rules::engine::Engine::new(&rule_file);
-    let actions = actions::Actions::new(&rule_file, &serial, &mqtt_targets, &config.agent.id, stats.clone(), &shutdown);
+    let make_actions = {
+        let (serial, agent, stats, shutdown) =
+            (serial.clone(), config.agent.id.clone(), stats.clone(), shutdown.clone());
+        Box::new(move |file: &rules::config::RuleFile| {
+            actions::Actions::new(file, &serial, &mqtt_targets, &agent, stats.clone(), &shutdown)
+        })
+    };
+    let actions = make_actions(&rule_file);
     let (rules_handle, control, latched_view) = rules::stage::control_channel();
-    let stage = rules::stage::Stage { engine, file: rule_file, actions, latches, latched_view };
+    let stage = rules::stage::Stage {
+        engine,
+        file: rule_file,
+        actions,
+        latches,
+        latched_view,
+        make_actions,
+        stats: stats.clone(),
+    };
     tasks.spawn(rules::stage::run(stage, normalised_rx, records_tx, control));
+    if let Some(path) = &config.agent.rules {
+        tasks.spawn(rules::watch(
+            path.clone(),
+            rules::config::Context::of(config),
+            config.agent.rules_check_interval.0,
+            rules_handle.clone(),
+            stats.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let intake = IntakeSettings {
         agent: config.agent.id.clone(),

@@ -27,6 +27,10 @@ pub struct AgentStats {
     pub actions_fired: AtomicU64,
     /// Rule actions that could not be handed off or failed (each exec attempt counts).
     pub action_failures: AtomicU64,
+    /// Version of the rule set running (1 at start, +1 per accepted hot reload).
+    pub rules_version: AtomicU64,
+    /// Hot reloads refused (invalid file, or it would drop a latched rule); the old rules kept running.
+    pub rules_reload_failures: AtomicU64,
 }
 
 /// A point-in-time copy of [`AgentStats`].

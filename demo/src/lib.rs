@@ -91,6 +91,7 @@ pub async fn run(
                 id: id.clone(),
                 data_dir: dir.path().join(&id),
                 rules: None,
+                rules_check_interval: HumanDuration(Duration::from_secs(1)),
                 tags: [("site".to_string(), "demo-plant".to_string())].into(),
             },
             uplink: UplinkConfig { host: broker.ip().to_string(), port: broker.port(), ..Default::default() },

@@ -44,6 +44,8 @@ pub enum EventKind {
     /// A device's own clock is further from the gateway's than allowed; its readings are
     /// stamped with the gateway's time instead.
     ClockSkew { skew_ms: i64 },
+    /// The agent now runs version `version` of its rule set (start or hot reload).
+    RulesLoaded { version: u64 },
 }
 
 impl EventKind {
@@ -57,6 +59,7 @@ impl EventKind {
             EventKind::SensorRecovered => "sensor_recovered",
             EventKind::Dropped { .. } => "dropped",
             EventKind::ClockSkew { .. } => "clock_skew",
+            EventKind::RulesLoaded { .. } => "rules_loaded",
         }
     }
 }

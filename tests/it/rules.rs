@@ -170,3 +170,71 @@ payload = '{"stop":true,"rule":"{rule}","value":{value}}'
     .expect("the shutdown message reaches the actuator topic");
     assert_eq!(payload, r#"{"stop":true,"rule":"pressure-high","value":262.5}"#);
 }
+
+/// Hot reload: a broken file is refused and the old rules keep tripping; a good one is swapped in
+/// (new version, new limit) without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_refuses_a_broken_file_and_applies_a_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let sources = "[sources.line]\nkind = \"mqtt\"\nlisten = \"127.0.0.1:0\"\n\
+                   [sources.line.topics.plain]\nfilter = \"sensors/{machine}/{sensor}\"\nsensor = \"{machine}.{sensor}\"\nformat = \"number\"\n";
+    let rules = |level: &str| {
+        format!(
+            "[rules.hot]\nsensor = \"m.t\"\nabove = {level}\nseverity = \"warning\"\nactions = [\"say\"]\n\n\
+             [actions.say]\nkind = \"mqtt\"\nsource = \"line\"\ntopic = \"alarms\"\npayload = \"{{rule}} {{value}}\"\n"
+        )
+    };
+    let a = agent(dir.path(), sources, &rules("100.0")).await;
+    let broker = a.sensor_broker("line").unwrap();
+    harness::wait_for("the sensor subscription", Duration::from_secs(10), || async {
+        a.source("line").unwrap().snapshot().up.then_some(())
+    })
+    .await;
+    assert_eq!(a.rules_version(), 1);
+    let (listener, mut events) =
+        AsyncClient::new(MqttOptions::new("alarm-listener", broker.ip().to_string(), broker.port()), 16);
+    listener.subscribe("alarms", QoS::AtLeastOnce).await.unwrap();
+    let mut alarms = Vec::new();
+    let next_alarm = async |events: &mut rumqttc::EventLoop| {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Event::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
+                    break String::from_utf8(p.payload.to_vec()).unwrap();
+                }
+            }
+        })
+        .await
+        .expect("an alarm on the actuator topic")
+    };
+    // Drive the listener until its subscription is acknowledged.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.unwrap() {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+
+    // A broken file: refused, version unchanged, the old limit (100) still applies.
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(&rules_path, "[rules.hot]\nsensor = \"m.t\"\nabove = \"very\"\n").unwrap();
+    harness::wait_for("the broken file to be refused", Duration::from_secs(10), || async {
+        (a.stats.rules_reload_failures.load(std::sync::atomic::Ordering::Relaxed) >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(a.rules_version(), 1);
+    mosquitto::publish(broker.port(), "sensors/m/t", "150");
+    alarms.push(next_alarm(&mut events).await);
+    assert_eq!(alarms, ["hot 150"], "the old rule set still runs");
+
+    // A good file: version 2, and the new limit (200) applies: 150 is fine now, 250 is not.
+    std::fs::write(&rules_path, rules("200.0")).unwrap();
+    harness::wait_for("the reload", Duration::from_secs(10), || async { (a.rules_version() == 2).then_some(()) }).await;
+    // The changed rule starts fresh (its old state belonged to the old limit).
+    mosquitto::publish(broker.port(), "sensors/m/t", "150");
+    mosquitto::publish(broker.port(), "sensors/m/t", "250");
+    alarms.push(next_alarm(&mut events).await);
+    assert_eq!(alarms, ["hot 150", "hot 250"]);
+}

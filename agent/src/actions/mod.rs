@@ -34,6 +34,7 @@ struct ExecJob {
 }
 
 /// Where an MQTT action publishes: an MQTT source's broker.
+#[derive(Debug, Clone)]
 pub struct MqttTarget {
     pub host: String,
     pub port: u16,

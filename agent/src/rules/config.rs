@@ -58,7 +58,7 @@ pub enum StalePolicy {
     Hold,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// The sensor, or `sensors` for a voting group.

@@ -48,6 +48,8 @@ struct Slot {
 #[derive(Debug)]
 struct Rule {
     id: String,
+    /// The config it was built from: a reload keeps the state of rules whose config is unchanged.
+    config: RuleConfig,
     condition: Condition,
     k_of_n: Option<(usize, usize)>,
     vote: usize,
@@ -101,6 +103,7 @@ impl Rule {
         };
         Rule {
             id: id.to_owned(),
+            config: c.clone(),
             condition,
             k_of_n: c.k_of_n.map(|[k, n]| (k as usize, n as usize)),
             vote: c.vote_threshold().unwrap_or(1).max(1) as usize,
@@ -249,6 +252,34 @@ impl Engine {
             engine.rules.push(rule);
         }
         engine
+    }
+
+    /// Replaces the rule set with `file`'s, atomically (the caller swaps engines). Rules whose
+    /// config is unchanged keep all their state (timers, histories, latch); a changed rule starts
+    /// fresh but keeps its latch; a latched rule may not be removed.
+    ///
+    /// # Errors
+    /// The ids of latched rules that `file` would remove: reset them first.
+    pub fn reload(&mut self, file: &RuleFile) -> Result<(), Vec<String>> {
+        let removed_latched: Vec<String> =
+            self.rules.iter().filter(|r| r.latched && !file.rules.contains_key(&r.id)).map(|r| r.id.clone()).collect();
+        if !removed_latched.is_empty() {
+            return Err(removed_latched);
+        }
+        let mut next = Engine::new(file);
+        let mut old: HashMap<String, Rule> = self.rules.drain(..).map(|r| (r.id.clone(), r)).collect();
+        for rule in &mut next.rules {
+            if let Some(previous) = old.remove(&rule.id) {
+                if previous.config == rule.config {
+                    *rule = previous;
+                } else if previous.latched {
+                    rule.latched = true;
+                    rule.active = true;
+                }
+            }
+        }
+        *self = next;
+        Ok(())
     }
 
     /// A latch that survived a restart: the rule starts tripped (and its actions are re-asserted).
@@ -544,6 +575,27 @@ mod tests {
             out.iter()
                 .any(|o| matches!(o, Outcome::Event(ev) if ev.subject == "b" && ev.kind == EventKind::SensorStale))
         );
+    }
+
+    #[test]
+    fn reload_keeps_the_state_of_unchanged_rules_and_refuses_to_drop_a_latch() {
+        let base = "[rules.a]\nsensor = \"t\"\nabove = 90.0\non_delay = \"1s\"\nactions = [\"stop\"]\n\
+                    [rules.b]\nsensor = \"t\"\nabove = 50.0\nseverity = \"trip\"\nactions = [\"stop\"]\n";
+        let mut r = Run::new(engine(base));
+        assert_eq!(r.feed("t", 95.0), ["fire", "latch", "trip"], "b trips, a's on-delay starts at t=100ms");
+        // Change b's level only: a keeps its running on-delay, b keeps its latch.
+        let changed = base.replace("above = 50.0", "above = 60.0");
+        let file = |text: &str| {
+            let text = format!("{text}\n[actions.stop]\nkind = \"exec\"\nprogram = \"/bin/true\"\n");
+            RuleFile::parse(&text, Path::new("t.toml"), &Context::default()).unwrap()
+        };
+        r.e.reload(&file(&changed)).unwrap();
+        assert_eq!(r.tick_at(1100), ["fire", "trip"], "a's timer survived the reload");
+        assert_eq!(r.e.latched(), ["b"], "b's latch survived its own change");
+        // Removing latched b is refused; the engine is untouched.
+        let without_b = "[rules.a]\nsensor = \"t\"\nabove = 90.0\non_delay = \"1s\"\nactions = [\"stop\"]\n";
+        assert_eq!(r.e.reload(&file(without_b)), Err(vec!["b".to_string()]));
+        assert_eq!(r.e.rule_count(), 2);
     }
 
     #[test]

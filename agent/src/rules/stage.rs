@@ -5,6 +5,7 @@
 
 use std::{
     collections::BTreeSet,
+    sync::atomic::Ordering::Relaxed,
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -16,11 +17,19 @@ use super::{
     config::RuleFile,
     engine::{Engine, Outcome, ResetOutcome},
 };
-use crate::{actions::Actions, buffer::Record, sources::now_ns};
+use crate::{actions::Actions, buffer::Record, sources::now_ns, stats::AgentStats};
 
 /// Requests to the rules stage from the rest of the agent.
 pub enum Control {
-    Reset { rule: String, reply: oneshot::Sender<ResetOutcome> },
+    Reset {
+        rule: String,
+        reply: oneshot::Sender<ResetOutcome>,
+    },
+    /// Swap in a validated rule set; answers the new version or why it was refused.
+    Reload {
+        file: RuleFile,
+        reply: oneshot::Sender<Result<u64, String>>,
+    },
 }
 
 /// Sends requests to the running rules stage. Cheap to clone.
@@ -42,6 +51,16 @@ impl RulesHandle {
 }
 
 impl RulesHandle {
+    /// Swaps in a new (already validated) rule set atomically; the state of unchanged rules is
+    /// kept. Refused when it would drop a latched rule.
+    pub async fn reload(&self, file: RuleFile) -> Result<u64, String> {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Control::Reload { file, reply }).await.is_err() {
+            return Err("the agent is stopping".into());
+        }
+        answer.await.unwrap_or_else(|_| Err("the agent is stopping".into()))
+    }
+
     /// The rules latched right now.
     pub fn latched(&self) -> Vec<String> {
         self.latched.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default()
@@ -62,6 +81,9 @@ pub struct Stage {
     pub latches: sled::Tree,
     /// What [`RulesHandle::latched`] shows.
     pub latched_view: Arc<Mutex<BTreeSet<String>>>,
+    /// Builds the actions of a (reloaded) rule file.
+    pub make_actions: Box<dyn Fn(&RuleFile) -> Actions + Send>,
+    pub stats: Arc<AgentStats>,
 }
 
 impl Stage {
@@ -107,6 +129,17 @@ impl Stage {
     }
 }
 
+fn loaded_event(version: u64, rules: usize) -> Record {
+    Record::Event(edgeloop_shared::model::Event {
+        ts_ns: now_ns(),
+        kind: EventKind::RulesLoaded { version },
+        severity: edgeloop_shared::model::Severity::Info,
+        subject: "rules".into(),
+        message: format!("rule set version {version} running ({rules} rules)"),
+        values: vec![("rules".into(), rules as f64)],
+    })
+}
+
 /// Runs the stage until its input closes.
 pub async fn run(
     mut stage: Stage,
@@ -128,6 +161,8 @@ pub async fn run(
         }
     }
     stage.apply(&mut outcomes, &mut forward);
+    stage.stats.rules_version.store(1, Relaxed);
+    forward.push(loaded_event(1, stage.engine.rule_count()));
     let mut tick = tokio::time::interval(stage.engine.tick_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut control_open = true;
@@ -164,6 +199,24 @@ pub async fn run(
                 Some(Control::Reset { rule, reply }) => {
                     let answer = stage.engine.reset(&rule, now_ns(), &mut outcomes);
                     stage.apply(&mut outcomes, &mut forward);
+                    let _ = reply.send(answer);
+                }
+                Some(Control::Reload { file, reply }) => {
+                    let answer = match stage.engine.reload(&file) {
+                        Ok(()) => {
+                            stage.actions = (stage.make_actions)(&file);
+                            stage.file = Arc::new(file);
+                            let version = stage.stats.rules_version.fetch_add(1, Relaxed) + 1;
+                            tick = tokio::time::interval(stage.engine.tick_interval());
+                            tracing::info!(version, rules = stage.engine.rule_count(), "rule set reloaded");
+                            forward.push(loaded_event(version, stage.engine.rule_count()));
+                            Ok(version)
+                        }
+                        Err(latched) => {
+                            stage.stats.rules_reload_failures.fetch_add(1, Relaxed);
+                            Err(format!("the new rule set drops latched rule(s) {latched:?}; reset them first"))
+                        }
+                    };
                     let _ = reply.send(answer);
                 }
                 None => control_open = false,

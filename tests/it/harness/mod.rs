@@ -99,6 +99,7 @@ pub fn agent_config(id: &str, data_dir: &Path, broker: SocketAddr, sim: Simulate
             id: id.into(),
             data_dir: data_dir.into(),
             rules: None,
+            rules_check_interval: HumanDuration(Duration::from_secs(1)),
             tags: [("site".to_string(), "test-plant".to_string())].into(),
         },
         uplink: UplinkConfig {
