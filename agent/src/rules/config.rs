@@ -78,6 +78,11 @@ pub struct RuleConfig {
     pub rate_above: Option<f64>,
     /// `[k, n]`: bad when at least k of the last n readings are past the threshold.
     pub k_of_n: Option<[u32; 2]>,
+    /// Judge a feature of windows of raw acceleration samples (in g), not single readings.
+    pub vibration: Option<VibrationRule>,
+    /// The ready-made ISO 10816-3 / 20816-3 rule: bad when the velocity RMS (10–1000 Hz) of a
+    /// window reaches `zone` for the machine's group and foundation.
+    pub iso10816: Option<IsoRule>,
     #[serde(default)]
     pub on_delay: HumanDuration,
     #[serde(default)]
@@ -88,6 +93,95 @@ pub struct RuleConfig {
     pub severity: RuleSeverity,
     #[serde(default)]
     pub actions: Vec<String>,
+}
+
+/// Which number of a vibration window a rule compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VibrationFeature {
+    RmsG,
+    PeakG,
+    PeakToPeakG,
+    Crest,
+    Kurtosis,
+    VelocityRmsMmS,
+    /// Acceleration RMS (g) in `band = [low_hz, high_hz]`, e.g. around a bearing defect frequency.
+    BandRmsG,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VibrationRule {
+    pub sample_rate_hz: f64,
+    /// Samples per window (a power of two); windows do not overlap.
+    #[serde(default = "default_window")]
+    pub window: usize,
+    pub feature: VibrationFeature,
+    pub band: Option<[f64; 2]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IsoRule {
+    /// 1: large machines (300 kW–50 MW); 2: medium machines (15–300 kW).
+    pub group: u8,
+    pub foundation: IsoFoundation,
+    /// The zone that makes the condition hold: "B", "C" or "D" (D: damage likely).
+    pub zone: IsoZone,
+    pub sample_rate_hz: f64,
+    #[serde(default = "default_window")]
+    pub window: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsoFoundation {
+    Rigid,
+    Flexible,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum IsoZone {
+    B,
+    C,
+    D,
+}
+
+fn default_window() -> usize {
+    4096
+}
+
+impl VibrationRule {
+    /// The analyzer settings this rule needs.
+    pub fn analyzer_config(&self) -> crate::features::VibrationConfig {
+        let cfg = crate::features::VibrationConfig::new(self.sample_rate_hz, self.window);
+        match self.band {
+            Some([low, high]) => cfg.with_band(crate::features::Band::new("band", low, high)),
+            None => cfg,
+        }
+    }
+}
+
+impl IsoRule {
+    pub fn analyzer_config(&self) -> crate::features::VibrationConfig {
+        crate::features::VibrationConfig::new(self.sample_rate_hz, self.window)
+    }
+
+    /// The velocity (mm/s RMS) at which `zone` begins for this machine.
+    pub fn boundary_mm_s(&self) -> f64 {
+        use crate::features::{Foundation, MachineGroup, iso10816::boundaries};
+        let group = if self.group == 1 { MachineGroup::Group1 } else { MachineGroup::Group2 };
+        let foundation = match self.foundation {
+            IsoFoundation::Rigid => Foundation::Rigid,
+            IsoFoundation::Flexible => Foundation::Flexible,
+        };
+        let b = boundaries(group, foundation);
+        match self.zone {
+            IsoZone::B => b.ab_mm_s,
+            IsoZone::C => b.bc_mm_s,
+            IsoZone::D => b.cd_mm_s,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,8 +306,40 @@ impl RuleFile {
             }
             let conditions =
                 [r.above.is_some(), r.below.is_some(), r.rate_above.is_some()].iter().filter(|&&b| b).count();
-            if conditions != 1 {
+            if r.iso10816.is_some() {
+                if conditions != 0 || r.vibration.is_some() {
+                    problem(
+                        key("iso10816"),
+                        "an iso10816 rule sets its own level: drop `above`/`below`/`rate_above`/`vibration`".into(),
+                    );
+                }
+            } else if conditions != 1 {
                 problem(key("above"), "set exactly one of `above`, `below` or `rate_above`".into());
+            }
+            if let Some(v) = &r.vibration {
+                if r.rate_above.is_some() {
+                    problem(key("vibration"), "a vibration rule compares its feature with `above` or `below`".into());
+                }
+                if (v.feature == VibrationFeature::BandRmsG) != v.band.is_some() {
+                    problem(
+                        key("vibration.band"),
+                        "`band = [low_hz, high_hz]` goes with feature = \"band_rms_g\", and only with it".into(),
+                    );
+                }
+                if let Err(e) = crate::features::VibrationAnalyzer::new(v.analyzer_config()) {
+                    problem(key("vibration"), e.to_string());
+                }
+            }
+            if let Some(iso) = &r.iso10816 {
+                if !matches!(iso.group, 1 | 2) {
+                    problem(
+                        key("iso10816.group"),
+                        format!("{} is not an ISO 10816-3 machine group: use 1 or 2", iso.group),
+                    );
+                }
+                if let Err(e) = crate::features::VibrationAnalyzer::new(iso.analyzer_config()) {
+                    problem(key("iso10816"), e.to_string());
+                }
             }
             for (k, v) in [("above", r.above), ("below", r.below), ("clear", r.clear), ("rate_above", r.rate_above)] {
                 if v.is_some_and(|v| !v.is_finite()) {

@@ -24,7 +24,8 @@ use std::{
 
 use edgeloop_shared::model::{Event, EventKind, Severity};
 
-use super::config::{RuleConfig, RuleFile, RuleSeverity, StalePolicy};
+use super::config::{RuleConfig, RuleFile, RuleSeverity, StalePolicy, VibrationFeature};
+use crate::features::VibrationAnalyzer;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Condition {
@@ -33,9 +34,58 @@ enum Condition {
     Rate { limit: f64 },
 }
 
+/// A window of raw samples and the analyzer that turns it into one feature value.
+struct Window {
+    analyzer: VibrationAnalyzer,
+    samples: Vec<f64>,
+    size: usize,
+    feature: VibrationFeature,
+}
+
+impl std::fmt::Debug for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Window({:?}, {}/{})", self.feature, self.samples.len(), self.size)
+    }
+}
+
+impl Window {
+    fn new(config: crate::features::VibrationConfig, feature: VibrationFeature) -> Option<Self> {
+        let size = config.window;
+        // Validation refuses bad settings; if one slips through, the rule cannot see this sensor.
+        let analyzer = VibrationAnalyzer::new(config).ok()?;
+        Some(Self { analyzer, samples: Vec::with_capacity(size), size, feature })
+    }
+
+    /// Adds a sample; returns the feature when the sample completes a window.
+    fn push(&mut self, sample: f64) -> Option<f64> {
+        self.samples.push(sample);
+        if self.samples.len() < self.size {
+            return None;
+        }
+        let value = match self.analyzer.analyze(&self.samples) {
+            Ok(f) => Some(match self.feature {
+                VibrationFeature::RmsG => f.rms_g,
+                VibrationFeature::PeakG => f.peak_g,
+                VibrationFeature::PeakToPeakG => f.peak_to_peak_g,
+                VibrationFeature::Crest => f.crest_factor,
+                VibrationFeature::Kurtosis => f.kurtosis,
+                VibrationFeature::VelocityRmsMmS => f.velocity_rms_mm_s,
+                VibrationFeature::BandRmsG => f.band_rms_g("band").unwrap_or(0.0),
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "vibration window skipped");
+                None
+            }
+        };
+        self.samples.clear();
+        value
+    }
+}
+
 #[derive(Debug, Default)]
 struct Slot {
     sensor: String,
+    window: Option<Window>,
     bad: bool,
     stale: bool,
     seen: bool,
@@ -94,7 +144,9 @@ pub struct Engine {
 
 impl Rule {
     fn new(id: &str, c: &RuleConfig) -> Self {
-        let condition = match (c.above, c.below, c.rate_above) {
+        // ISO zones begin *at* their boundary: "above the float just below it" is exactly ">=".
+        let iso_level = c.iso10816.as_ref().map(|iso| f64::from_bits(iso.boundary_mm_s().to_bits() - 1));
+        let condition = match (c.above.or(iso_level), c.below, c.rate_above) {
             (Some(trip), _, _) => Condition::Above { trip, clear: c.clear.unwrap_or(trip) },
             (_, Some(trip), _) => Condition::Below { trip, clear: c.clear.unwrap_or(trip) },
             (_, _, Some(limit)) => Condition::Rate { limit },
@@ -112,7 +164,18 @@ impl Rule {
             stale: c.stale,
             severity: c.severity,
             actions: c.actions.clone(),
-            slots: c.sensor_list().into_iter().map(|sensor| Slot { sensor, ..Default::default() }).collect(),
+            slots: c
+                .sensor_list()
+                .into_iter()
+                .map(|sensor| {
+                    let window = match (&c.vibration, &c.iso10816) {
+                        (Some(v), _) => Window::new(v.analyzer_config(), v.feature),
+                        (None, Some(iso)) => Window::new(iso.analyzer_config(), VibrationFeature::VelocityRmsMmS),
+                        (None, None) => None,
+                    };
+                    Slot { sensor, window, ..Default::default() }
+                })
+                .collect(),
             holds: false,
             holds_since: None,
             clear_since: None,
@@ -329,6 +392,14 @@ impl Engine {
                 // A reading ends staleness even before the recovered event arrives.
                 slot.stale = false;
             }
+            // A windowed rule judges the window's feature, once per completed window.
+            let value = match slot.window.as_mut() {
+                Some(w) => match w.push(value) {
+                    Some(feature) => feature,
+                    None => continue,
+                },
+                None => value,
+            };
             slot.observe(condition, k_of_n, ts_ns, value);
             rule.evaluate(now, wall_ns, Some((sensor, value)), out);
         }
@@ -596,6 +667,53 @@ mod tests {
         let without_b = "[rules.a]\nsensor = \"t\"\nabove = 90.0\non_delay = \"1s\"\nactions = [\"stop\"]\n";
         assert_eq!(r.e.reload(&file(without_b)), Err(vec!["b".to_string()]));
         assert_eq!(r.e.rule_count(), 2);
+    }
+
+    fn sine(freq_hz: f64, amplitude_g: f64, rate: f64, n: usize) -> impl Iterator<Item = f64> {
+        (0..n).map(move |i| amplitude_g * (2.0 * std::f64::consts::PI * freq_hz * i as f64 / rate).sin())
+    }
+
+    #[test]
+    fn iso_zone_rule_trips_when_the_velocity_reaches_zone_d() {
+        // Group 2, rigid: zone D from 4.5 mm/s RMS. A 100 Hz tone of velocity amplitude V mm/s
+        // has acceleration amplitude 2*pi*f*V (mm/s^2), i.e. that / 9806.65 in g; RMS = V/sqrt(2).
+        let rules = "[rules.iso]\nsensor = \"acc\"\niso10816 = { group = 2, foundation = \"rigid\", zone = \"D\", sample_rate_hz = 25600.0 }\n\
+                     severity = \"trip\"\nactions = [\"stop\"]";
+        let mut e = engine(rules);
+        let g = |v_rms_mm_s: f64| 2f64.sqrt() * v_rms_mm_s * 2.0 * std::f64::consts::PI * 100.0 / 9806.65;
+        let mut out = Vec::new();
+        let now = Instant::now();
+        for (i, x) in sine(100.0, g(4.0), 25600.0, 4096).enumerate() {
+            e.on_reading("acc", i as i64, x, now, 0, &mut out);
+        }
+        assert!(out.is_empty(), "4.0 mm/s is zone C: no trip: {out:?}");
+        for (i, x) in sine(100.0, g(5.0), 25600.0, 4095).enumerate() {
+            e.on_reading("acc", i as i64, x, now, 0, &mut out);
+        }
+        assert!(out.is_empty(), "no verdict before the window is complete");
+        e.on_reading("acc", 5000, 0.0, now, 0, &mut out);
+        assert!(
+            out.iter().any(|o| matches!(o, Outcome::Fire { rule, .. } if rule == "iso")),
+            "5 mm/s is zone D: {out:?}"
+        );
+    }
+
+    #[test]
+    fn vibration_feature_rule_on_crest_factor() {
+        let rules = "[rules.crest]\nsensor = \"acc\"\nvibration = { sample_rate_hz = 4096.0, window = 1024, feature = \"crest\" }\n\
+                     above = 3.0\nactions = [\"stop\"]";
+        let mut e = engine(rules);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        for (i, x) in sine(64.0, 1.0, 4096.0, 1024).enumerate() {
+            e.on_reading("acc", i as i64, x, now, 0, &mut out);
+        }
+        assert!(out.is_empty(), "a sine's crest factor is sqrt(2)");
+        for i in 0..1024 {
+            let x = if i % 64 == 0 { 10.0 } else { 0.1 * ((i % 7) as f64 - 3.0) };
+            e.on_reading("acc", 2000 + i, x, now, 0, &mut out);
+        }
+        assert!(out.iter().any(|o| matches!(o, Outcome::Fire { .. })), "impacts raise the crest factor: {out:?}");
     }
 
     #[test]
