@@ -1,6 +1,10 @@
 //! `edgeloop-agent`: the gateway agent binary.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -40,6 +44,22 @@ enum RulesCommand {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Replay a recording through a rule file: print when each rule would have tripped and
+    /// cleared, and check expected trips. Exit 0: met; 1: a mismatch; 2: an unreadable input.
+    Test {
+        /// The rule file to test.
+        file: PathBuf,
+        /// The recording: JSON Lines of readings and stale/recovered events
+        /// (see config/recording.example.jsonl).
+        #[arg(long, value_name = "RECORDING")]
+        replay: PathBuf,
+        /// Expected trips, clears and alarms (TOML; see config/rules.example.expect.toml).
+        #[arg(long, value_name = "EXPECT")]
+        expect: Option<PathBuf>,
+        /// The agent config, to also check that actions name this agent's sources.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,7 +69,7 @@ fn main() -> ExitCode {
         )
         .init();
     match real_main(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("edgeloop-agent: {e:#}");
             ExitCode::FAILURE
@@ -57,12 +77,61 @@ fn main() -> ExitCode {
     }
 }
 
-fn real_main(cli: Cli) -> anyhow::Result<()> {
+/// `rules test`: prints the replay's transitions; `Ok(false)` when expectations are not met.
+fn rules_test(file: &Path, recording: &Path, expect: Option<&Path>, config: Option<&Path>) -> anyhow::Result<bool> {
+    use edgeloop_agent::rules::{config::RuleFile, record, replay};
+
+    let ctx = match config {
+        Some(c) => edgeloop_agent::rules::config::Context::of(&AgentConfig::load(c)?),
+        None => Default::default(),
+    };
+    let rules = RuleFile::load(file, &ctx)?;
+    let records = record::read_recording(recording)?;
+    anyhow::ensure!(!records.is_empty(), "recording {} holds no records", recording.display());
+    let expectations = expect.map(|e| replay::Expectations::load(e, &rules)).transpose()?;
+    let first = records.first().map_or(0, |r| r.ts_ns());
+    let last = records.iter().map(|r| r.ts_ns()).max().unwrap_or(first);
+    let count = records.len();
+    let transitions = replay::replay(&rules, records.into_iter());
+    if transitions.is_empty() {
+        println!("no rule tripped, cleared or alarmed");
+    } else {
+        print!("{}", replay::table(&transitions));
+    }
+    println!(
+        "{} transition(s) from {count} record(s) of {} over {}",
+        transitions.len(),
+        recording.display(),
+        replay::format_offset(last.saturating_sub(first)),
+    );
+    let Some(expectations) = expectations else { return Ok(true) };
+    let report = expectations.check(&transitions, first);
+    let unchecked = match report.unchecked {
+        0 => String::new(),
+        n => format!(" ({n} transition(s) of rules the expectations do not name were not checked)"),
+    };
+    if report.passed() {
+        println!("ok: {} expectations met{unchecked}", report.met);
+        return Ok(true);
+    }
+    println!(
+        "FAILED: {} mismatch(es); {} of {} expectations met{unchecked}",
+        report.mismatches.len(),
+        report.met,
+        report.expectations
+    );
+    for m in &report.mismatches {
+        println!("  - {m}");
+    }
+    Ok(false)
+}
+
+fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { config } => {
             AgentConfig::load(&config)?;
             println!("{}: ok", config.display());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Rules { command: RulesCommand::Check { file, config } } => {
             let ctx = match config {
@@ -71,12 +140,24 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             };
             let rules = edgeloop_agent::rules::config::RuleFile::load(&file, &ctx)?;
             println!("{}: ok, {} rule(s), {} action(s)", file.display(), rules.rules.len(), rules.actions.len());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rules { command: RulesCommand::Test { file, replay, expect, config } } => {
+            Ok(match rules_test(&file, &replay, expect.as_deref(), config.as_deref()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                // Unreadable or invalid inputs: 2, so that CI tells a broken test from a failing one.
+                Err(e) => {
+                    eprintln!("edgeloop-agent: {e:#}");
+                    ExitCode::from(2)
+                }
+            })
         }
         Command::Run { config } => {
             let config = AgentConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(run(config))
+            runtime.block_on(run(config))?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -238,3 +238,98 @@ async fn hot_reload_refuses_a_broken_file_and_applies_a_good_one() {
     alarms.push(next_alarm(&mut events).await);
     assert_eq!(alarms, ["hot 150", "hot 250"]);
 }
+
+/// A trip while the uplink is down waits behind a telemetry backlog on disk; when the uplink
+/// returns, the event batch goes first, then the backlog drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trip_events_jump_ahead_of_the_telemetry_backlog() {
+    harness::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let port = harness::free_port();
+    let rules_path = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules_path,
+        "[rules.running-warm]\nsensor = \"machine.temperature\"\nabove = 0.0\nseverity = \"trip\"\nactions = [\"log\"]\n\
+         [actions.log]\nkind = \"exec\"\nprogram = \"/bin/true\"\n",
+    )
+    .unwrap();
+    let total = 20_000u64;
+    let text = format!(
+        "[agent]\nid = \"gw-prio\"\ndata_dir = \"{}\"\nrules = \"{}\"\n[uplink]\nport = {port}\nreconnect_min = \"50ms\"\nreconnect_max = \"200ms\"\n\
+         [sources.machine]\nkind = \"simulated\"\nperiod = \"1ms\"\nrealtime = false\nlimit = {total}\n",
+        dir.path().join("agent").display(),
+        rules_path.display()
+    );
+    let a =
+        edgeloop_agent::start(&AgentConfig::parse(&text, Path::new("prio.toml")).unwrap(), CancellationToken::new())
+            .await
+            .unwrap();
+    harness::wait_for("the backlog on disk", Duration::from_secs(60), || async {
+        (a.stats.snapshot().accepted == total && a.stats.snapshot().events_accepted >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(a.latched(), ["running-warm"]);
+    // The gateway restarts while still offline: the backlog is streamed from disk after it.
+    a.shutdown();
+    a.wait().await;
+    drop(a);
+
+    // The collector comes up; a raw subscriber watches the order batches arrive in.
+    let store = edgeloop_collector::config::StoreConfig::Local(edgeloop_collector::config::LocalStoreConfig {
+        path: dir.path().join("store"),
+    });
+    let collector = edgeloop_collector::start(
+        &harness::collector_config(([127, 0, 0, 1], port).into(), store),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let mut opts = MqttOptions::new("order-watcher", "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (watcher, mut events) = AsyncClient::new(opts, 64);
+    watcher.subscribe("edgeloop/v1/gw-prio/telemetry", QoS::AtLeastOnce).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Event::Incoming(Packet::SubAck(_)) = events.poll().await.unwrap() {
+                break;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // The restarted gateway's machine is idle: everything it sends comes from the buffer on disk.
+    let idle = text.replace(&format!("limit = {total}"), "limit = 0");
+    let a =
+        edgeloop_agent::start(&AgentConfig::parse(&idle, Path::new("prio.toml")).unwrap(), CancellationToken::new())
+            .await
+            .unwrap();
+    // Keep the watcher's session moving (an unread QoS 1 subscriber would stall the broker).
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn(async move {
+        while let Ok(ev) = events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = ev
+                && let Ok(b) = edgeloop_shared::batch::Batch::decode(&p.payload)
+            {
+                let _ = seen_tx.send((b.events.len(), b.point_count()));
+            }
+        }
+    });
+    let mut order = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while order.len() < 4 {
+            order.push(seen.recv().await.unwrap());
+        }
+    })
+    .await
+    .expect("batches after the reconnect");
+    assert!(order[0].0 >= 1 && order[0].1 == 0, "the first batch up is the events batch: {order:?}");
+    harness::wait_for("the backlog to drain", Duration::from_secs(60), || async {
+        let s = a.stats.snapshot();
+        (s.backlog == 0 && s.acked == total).then_some(())
+    })
+    .await;
+    let store = collector.store.local().unwrap();
+    assert_eq!(store.count_for("gw-prio"), total);
+    assert!(store.events_for("gw-prio").iter().any(|e| e.starts_with("trip running-warm")));
+    watch.abort();
+}

@@ -9,7 +9,7 @@
 
 pub mod sled;
 
-pub use self::sled::{Buffer, BufferError, StoredBatch};
+pub use self::sled::{Buffer, BufferError, Lane, StoredBatch};
 
 use std::{
     sync::{Arc, atomic::Ordering::Relaxed},

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::window::Window;
 use crate::{
-    buffer::{Buffer, BufferError},
+    buffer::{Buffer, BufferError, Lane},
     stats::AgentStats,
 };
 
@@ -113,48 +113,56 @@ pub async fn run(
         tracing::info!(agent = %settings.agent, batches, readings, "backlog found in the buffer");
     }
 
-    let mut window = Window::new(settings.in_flight);
+    // One window per lane: events have slots of their own, so a telemetry backlog in flight can
+    // never hold a trip event back; and they are always sent first.
+    let mut windows =
+        [(Lane::Events, Window::new(settings.in_flight)), (Lane::Telemetry, Window::new(settings.in_flight))];
     let mut connected = false;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if window.free() > 0 {
-            window.load(buffer.next_after(window.cursor(), window.free())?);
+        for (lane, window) in &mut windows {
+            if window.free() > 0 {
+                window.load(buffer.next_after(*lane, window.cursor(), window.free())?);
+            }
         }
         if connected {
             let now = Instant::now();
-            for seq in window.due(now, settings.ack_timeout) {
-                let Some(send) = window.get(seq) else {
-                    continue;
-                };
-                let resend = send.resend;
-                if client.try_publish(&telemetry_topic, QoS::AtLeastOnce, false, send.payload.to_vec()).is_err() {
-                    break; // client queue full: the next tick tries again
-                }
-                window.mark_sent(seq, now);
-                stats.batches_sent.fetch_add(1, Relaxed);
-                if resend {
-                    stats.batches_resent.fetch_add(1, Relaxed);
+            'lanes: for (_, window) in &mut windows {
+                for seq in window.due(now, settings.ack_timeout) {
+                    let Some(send) = window.get(seq) else {
+                        continue;
+                    };
+                    let resend = send.resend;
+                    if client.try_publish(&telemetry_topic, QoS::AtLeastOnce, false, send.payload.to_vec()).is_err() {
+                        break 'lanes; // client queue full: the next tick tries again
+                    }
+                    window.mark_sent(seq, now);
+                    stats.batches_sent.fetch_add(1, Relaxed);
+                    if resend {
+                        stats.batches_resent.fetch_add(1, Relaxed);
+                    }
                 }
             }
         }
         tokio::select! {
             event = events.recv() => match event {
                 Some(Uplink::Connected) => {
-                    tracing::info!(agent = %settings.agent, in_flight = window.len(), "uplink connected");
+                    let in_flight: usize = windows.iter().map(|(_, w)| w.len()).sum();
+                    tracing::info!(agent = %settings.agent, in_flight, "uplink connected");
                     connected = true;
                     stats.uplink_connected.store(true, Relaxed);
                     if client.try_subscribe(&ack_topic, QoS::AtLeastOnce).is_err() {
                         tracing::warn!(agent = %settings.agent, "cannot queue the ack subscription");
                     }
-                    window.connection_reset();
+                    windows.iter_mut().for_each(|(_, w)| w.connection_reset());
                 }
                 Some(Uplink::Disconnected) => {
                     connected = false;
                     stats.uplink_connected.store(false, Relaxed);
-                    window.connection_reset();
+                    windows.iter_mut().for_each(|(_, w)| w.connection_reset());
                 }
-                Some(Uplink::Ack(payload)) => on_ack(&settings.agent, &payload, &mut window, &buffer, &stats)?,
+                Some(Uplink::Ack(payload)) => on_ack(&settings.agent, &payload, &mut windows, &buffer, &stats)?,
                 None => break,
             },
             _ = committed.changed() => {}
@@ -170,7 +178,7 @@ pub async fn run(
 fn on_ack(
     agent: &str,
     payload: &[u8],
-    window: &mut Window,
+    windows: &mut [(Lane, Window); 2],
     buffer: &Buffer,
     stats: &AgentStats,
 ) -> Result<(), BufferError> {
@@ -181,7 +189,9 @@ fn on_ack(
             return Ok(());
         }
     };
-    window.ack(ack.seq);
+    windows.iter_mut().for_each(|(_, w)| {
+        w.ack(ack.seq);
+    });
     let Some(readings) = buffer.remove(ack.seq)? else {
         return Ok(()); // a duplicate ack for a batch already gone
     };

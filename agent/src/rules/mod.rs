@@ -4,10 +4,15 @@
 //! - [`engine`]: the pure rule state machines (hysteresis, delays, k-of-n, rate, voting, latch).
 //! - [`stage`]: the pipeline stage between `normalise` and the buffer; it fires actions inline
 //!   and persists latches.
+//! - [`record`]: recordings of the rules' input (JSON Lines) and the bounded recorder that writes them.
+//! - [`replay`]: runs a recording through the rules on simulated time and checks expected trips
+//!   (`edgeloop-agent rules test`).
 //! - [`watch`]: hot reload of the rule file (on change or SIGHUP), atomic and versioned.
 
 pub mod config;
 pub mod engine;
+pub mod record;
+pub mod replay;
 pub mod stage;
 
 use std::{
