@@ -38,6 +38,12 @@ pub struct AgentSection {
     pub rules: Option<PathBuf>,
     #[serde(default = "default_rules_check_interval")]
     pub rules_check_interval: HumanDuration,
+    /// Record every reading and health event the rules see to this file (JSON Lines, for
+    /// `edgeloop-agent rules test --replay`). Off when absent.
+    pub record: Option<PathBuf>,
+    /// Disk the recording may use: two files of half this size, the older one rotated out.
+    #[serde(default = "default_record_max")]
+    pub record_max: ByteSize,
     /// Tags stored with every reading and event of this gateway, e.g. `{ site = "plant-a" }`.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
@@ -236,6 +242,9 @@ pub struct SimulatedConfig {
     pub limit: Option<u64>,
 }
 
+fn default_record_max() -> ByteSize {
+    ByteSize(64 << 20)
+}
 fn default_rules_check_interval() -> HumanDuration {
     secs(1)
 }
@@ -319,6 +328,12 @@ impl AgentConfig {
             if matches!(k.as_str(), "agent" | "sensor" | "subject" | "kind" | "severity") {
                 problem(&format!("agent.tags.{k}"), "this tag name is reserved by edgeloop; choose another".into());
             }
+        }
+        if self.agent.record_max.0 < crate::rules::record::Recorder::MIN_BYTES {
+            problem(
+                "agent.record_max",
+                format!("must be at least {} bytes", crate::rules::record::Recorder::MIN_BYTES),
+            );
         }
         if self.agent.data_dir.as_os_str().is_empty() {
             problem("agent.data_dir", "must name a directory for the durable buffer".into());

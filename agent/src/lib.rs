@@ -60,6 +60,10 @@ pub enum StartError {
     Broker { source_id: String, error: edgeloop_shared::broker::BrokerError },
     #[error(transparent)]
     Rules(#[from] rules::config::RuleFileError),
+    #[error(transparent)]
+    Record(#[from] rules::record::RecordError),
+    #[error("cannot start the recorder thread: {0}")]
+    Recorder(String),
 }
 
 /// A running agent.
@@ -213,6 +217,28 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         })
     };
     let actions = make_actions(&rule_file);
+    let recording = match &config.agent.record {
+        Some(path) => {
+            let mut recorder = rules::record::Recorder::create(path, config.agent.record_max.0)?;
+            let (tx, mut rx) = mpsc::channel::<buffer::Record>(STAGE_QUEUE * 4);
+            // Its own thread: a slow disk delays the recording, never a rule.
+            std::thread::Builder::new()
+                .name("edgeloop-recorder".into())
+                .spawn(move || {
+                    while let Some(first) = rx.blocking_recv() {
+                        recorder.record(&first);
+                        while let Ok(r) = rx.try_recv() {
+                            recorder.record(&r);
+                        }
+                        recorder.flush();
+                    }
+                    recorder.flush();
+                })
+                .map_err(|e| StartError::Recorder(e.to_string()))?;
+            Some(tx)
+        }
+        None => None,
+    };
     let (rules_handle, control, latched_view) = rules::stage::control_channel();
     let stage = rules::stage::Stage {
         engine,
@@ -222,6 +248,7 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         latched_view,
         make_actions,
         stats: stats.clone(),
+        recording,
     };
     tasks.spawn(rules::stage::run(stage, normalised_rx, records_tx, control));
     if let Some(path) = &config.agent.rules {

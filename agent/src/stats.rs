@@ -31,6 +31,8 @@ pub struct AgentStats {
     pub rules_version: AtomicU64,
     /// Hot reloads refused (invalid file, or it would drop a latched rule); the old rules kept running.
     pub rules_reload_failures: AtomicU64,
+    /// Records the recorder could not keep up with (its queue was full), so not in the recording.
+    pub records_not_recorded: AtomicU64,
 }
 
 /// A point-in-time copy of [`AgentStats`].

@@ -92,6 +92,8 @@ pub async fn run(
                 data_dir: dir.path().join(&id),
                 rules: None,
                 rules_check_interval: HumanDuration(Duration::from_secs(1)),
+                record: None,
+                record_max: edgeloop_shared::units::ByteSize(64 << 20),
                 tags: [("site".to_string(), "demo-plant".to_string())].into(),
             },
             uplink: UplinkConfig { host: broker.ip().to_string(), port: broker.port(), ..Default::default() },

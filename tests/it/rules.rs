@@ -12,11 +12,16 @@ use crate::harness::{self, mosquitto, pty::Pty};
 
 /// An agent with `sources` and the rule file `rules`, uplink to nowhere (the rules need none).
 async fn agent(dir: &Path, sources: &str, rules: &str) -> Agent {
+    agent_with(dir, sources, rules, "").await
+}
+
+/// As [`agent`], with extra keys for the `[agent]` table.
+async fn agent_with(dir: &Path, sources: &str, rules: &str, agent_extra: &str) -> Agent {
     harness::init_tracing();
     let rules_path = dir.join("rules.toml");
     std::fs::write(&rules_path, rules).unwrap();
     let text = format!(
-        "[agent]\nid = \"gw-rules\"\ndata_dir = \"{}\"\nrules = \"{}\"\n[uplink]\nport = {}\nreconnect_min = \"1s\"\n{sources}",
+        "[agent]\nid = \"gw-rules\"\ndata_dir = \"{}\"\nrules = \"{}\"\n{agent_extra}\n[uplink]\nport = {}\nreconnect_min = \"1s\"\n{sources}",
         dir.join("agent").display(),
         rules_path.display(),
         harness::free_port()
@@ -136,7 +141,8 @@ source = "line"
 topic = "plc/press-3/stop"
 payload = '{"stop":true,"rule":"{rule}","value":{value}}'
 "#;
-    let a = agent(dir.path(), sources, rules).await;
+    let recording = dir.path().join("recording.jsonl");
+    let a = agent_with(dir.path(), sources, rules, &format!("record = \"{}\"", recording.display())).await;
     let broker = a.sensor_broker("line").unwrap();
     harness::wait_for("the sensor subscription", Duration::from_secs(10), || async {
         a.source("line").unwrap().snapshot().up.then_some(())
@@ -169,6 +175,20 @@ payload = '{"stop":true,"rule":"{rule}","value":{value}}'
     .await
     .expect("the shutdown message reaches the actuator topic");
     assert_eq!(payload, r#"{"stop":true,"rule":"pressure-high","value":262.5}"#);
+
+    // The agent recorded what the rules saw; replaying the recording reproduces the trip.
+    a.shutdown();
+    a.wait().await;
+    let items = harness::wait_for("the recording on disk", Duration::from_secs(10), || async {
+        let items = edgeloop_agent::rules::record::read_recording(&recording).ok()?;
+        (items.len() >= 2).then_some(items)
+    })
+    .await;
+    let file =
+        edgeloop_agent::rules::config::RuleFile::load(&dir.path().join("rules.toml"), &Default::default()).unwrap();
+    let transitions = edgeloop_agent::rules::replay::replay(&file, items.into_iter());
+    assert_eq!(transitions.len(), 1, "{transitions:?}");
+    assert_eq!(transitions[0].rule, "pressure-high");
 }
 
 /// Hot reload: a broken file is refused and the old rules keep tripping; a good one is swapped in

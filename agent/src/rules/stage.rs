@@ -84,6 +84,8 @@ pub struct Stage {
     /// Builds the actions of a (reloaded) rule file.
     pub make_actions: Box<dyn Fn(&RuleFile) -> Actions + Send>,
     pub stats: Arc<AgentStats>,
+    /// The recorder's queue, when recording: off the fast path, dropped (and counted) when full.
+    pub recording: Option<mpsc::Sender<Record>>,
 }
 
 impl Stage {
@@ -188,6 +190,11 @@ pub async fn run(
                     }
                     // Actions first, then the records: the trip never waits on the buffer.
                     stage.apply(&mut outcomes, &mut forward);
+                    if let Some(rec) = &stage.recording
+                        && rec.try_send(record.clone()).is_err()
+                    {
+                        stage.stats.records_not_recorded.fetch_add(1, Relaxed);
+                    }
                     forward.push(record);
                 }
             }

@@ -100,6 +100,8 @@ pub fn agent_config(id: &str, data_dir: &Path, broker: SocketAddr, sim: Simulate
             data_dir: data_dir.into(),
             rules: None,
             rules_check_interval: HumanDuration(Duration::from_secs(1)),
+            record: None,
+            record_max: edgeloop_shared::units::ByteSize(64 << 20),
             tags: [("site".to_string(), "test-plant".to_string())].into(),
         },
         uplink: UplinkConfig {
