@@ -118,6 +118,61 @@ pub struct VibrationRule {
     pub window: usize,
     pub feature: VibrationFeature,
     pub band: Option<[f64; 2]>,
+    /// Instead of `band`: the band around a bearing defect frequency, computed from geometry.
+    pub bearing: Option<BearingBand>,
+}
+
+/// A band around one defect frequency of a rolling bearing at a given shaft speed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BearingBand {
+    pub balls: u32,
+    pub ball_diameter_mm: f64,
+    pub pitch_diameter_mm: f64,
+    #[serde(default)]
+    pub contact_angle_deg: f64,
+    pub shaft_hz: f64,
+    pub defect: BearingDefect,
+    /// Half-width of the band as a fraction of the defect frequency (default 5 %).
+    #[serde(default = "default_bearing_width")]
+    pub width: f64,
+}
+
+/// Outer race, inner race, ball spin, cage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BearingDefect {
+    Bpfo,
+    Bpfi,
+    Bsf,
+    Ftf,
+}
+
+fn default_bearing_width() -> f64 {
+    0.05
+}
+
+impl BearingBand {
+    /// `[low_hz, high_hz]` around the defect frequency.
+    pub fn band(&self) -> Result<[f64; 2], String> {
+        let geometry = crate::features::BearingGeometry {
+            balls: self.balls,
+            ball_diameter_mm: self.ball_diameter_mm,
+            pitch_diameter_mm: self.pitch_diameter_mm,
+            contact_angle_deg: self.contact_angle_deg,
+        };
+        let f = geometry.defect_frequencies(self.shaft_hz).map_err(|e| e.to_string())?;
+        let centre = match self.defect {
+            BearingDefect::Bpfo => f.bpfo,
+            BearingDefect::Bpfi => f.bpfi,
+            BearingDefect::Bsf => f.bsf,
+            BearingDefect::Ftf => f.ftf,
+        };
+        if !(self.width > 0.0 && self.width < 1.0) {
+            return Err(format!("width {} must be a fraction between 0 and 1, e.g. 0.05", self.width));
+        }
+        Ok([centre * (1.0 - self.width), centre * (1.0 + self.width)])
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -155,7 +210,8 @@ impl VibrationRule {
     /// The analyzer settings this rule needs.
     pub fn analyzer_config(&self) -> crate::features::VibrationConfig {
         let cfg = crate::features::VibrationConfig::new(self.sample_rate_hz, self.window);
-        match self.band {
+        let band = self.band.or_else(|| self.bearing.as_ref().and_then(|b| b.band().ok()));
+        match band {
             Some([low, high]) => cfg.with_band(crate::features::Band::new("band", low, high)),
             None => cfg,
         }
@@ -320,11 +376,15 @@ impl RuleFile {
                 if r.rate_above.is_some() {
                     problem(key("vibration"), "a vibration rule compares its feature with `above` or `below`".into());
                 }
-                if (v.feature == VibrationFeature::BandRmsG) != v.band.is_some() {
+                let banded = [v.band.is_some(), v.bearing.is_some()].iter().filter(|&&b| b).count();
+                if (v.feature == VibrationFeature::BandRmsG) != (banded == 1) {
                     problem(
                         key("vibration.band"),
-                        "`band = [low_hz, high_hz]` goes with feature = \"band_rms_g\", and only with it".into(),
+                        "feature = \"band_rms_g\" takes exactly one of `band = [low_hz, high_hz]` or `bearing = {...}`, and only it does".into(),
                     );
+                }
+                if let Some(Err(e)) = v.bearing.as_ref().map(BearingBand::band) {
+                    problem(key("vibration.bearing"), e);
                 }
                 if let Err(e) = crate::features::VibrationAnalyzer::new(v.analyzer_config()) {
                     problem(key("vibration"), e.to_string());
@@ -477,6 +537,26 @@ source = "node-9"
             "{problems:?}"
         );
         assert!(problems[1].message.contains("[actions.nope]"));
+    }
+
+    #[test]
+    fn a_bearing_band_is_computed_from_geometry() {
+        // 6205: 9 balls of 7.94 mm on a 39.04 mm pitch, shaft at 29.95 Hz: BPFO = 107.36 Hz.
+        let b = BearingBand {
+            balls: 9,
+            ball_diameter_mm: 7.94,
+            pitch_diameter_mm: 39.04,
+            contact_angle_deg: 0.0,
+            shaft_hz: 29.95,
+            defect: BearingDefect::Bpfo,
+            width: 0.05,
+        };
+        let [low, high] = b.band().unwrap();
+        assert!((low - 107.364 * 0.95).abs() < 0.01 && (high - 107.364 * 1.05).abs() < 0.01, "{low} {high}");
+        let text = "[rules.b]\nsensor = \"acc\"\nabove = 0.1\n\
+                    vibration = { sample_rate_hz = 25600.0, feature = \"band_rms_g\", bearing = { balls = 9, ball_diameter_mm = 50.0, pitch_diameter_mm = 39.04, shaft_hz = 29.95, defect = \"bpfo\" } }\n";
+        let err = RuleFile::parse(text, Path::new("r.toml"), &ctx()).unwrap_err().to_string();
+        assert!(err.contains("rules.b.vibration.bearing"), "{err}");
     }
 
     #[test]
