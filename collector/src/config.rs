@@ -1,9 +1,6 @@
 //! The collector's config file: strict TOML, then a validation pass that reports every problem.
 
-use std::{
-    fmt,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 pub use edgeloop_shared::broker::EmbeddedBroker;
 use edgeloop_shared::units::HumanDuration;
@@ -138,40 +135,15 @@ pub struct LocalStoreConfig {
     pub path: PathBuf,
 }
 
-/// One thing wrong with a config, located by its key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub key: String,
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, problems: Vec<Problem> },
-}
+pub use edgeloop_shared::config::{ConfigError, Problem};
 
 impl CollectorConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text, path)
+        Self::parse(&edgeloop_shared::config::read(path)?, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: CollectorConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
-        let problems = config.problems();
-        if problems.is_empty() { Ok(config) } else { Err(ConfigError::Invalid { path: path.into(), problems }) }
+        edgeloop_shared::config::parse(text, path, Self::problems)
     }
 
     pub fn problems(&self) -> Vec<Problem> {

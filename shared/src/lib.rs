@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`backoff`]: jittered exponential retry delays (reconnects, database retries).
 //! - `broker` (feature `broker`): the embedded rumqttd MQTT broker.
+//! - `config` (feature `config`): strict TOML parsing and every-problem validation for config files.
 //! - [`id`]: validation of agent and sensor identifiers (they become MQTT topic levels and InfluxDB tags).
 //! - [`frame`]: the serial frame a sensor node sends (COBS + version byte + postcard + CRC-32) and its
 //!   incremental, never-panicking decoder.
@@ -22,6 +23,8 @@ extern crate alloc;
 pub mod backoff;
 #[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "config")]
+pub mod config;
 pub mod frame;
 pub mod id;
 pub mod topic;

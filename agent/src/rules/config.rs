@@ -287,15 +287,8 @@ fn default_exec_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RuleFileError {
-    #[error("cannot read rule file {path}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
-    Invalid { path: PathBuf, problems: Vec<Problem> },
-}
+/// A rule file that cannot be read, parsed or validated.
+pub type RuleFileError = edgeloop_shared::config::ConfigError;
 
 /// What a rule file may refer to outside itself. Without an agent config (`known` false), the
 /// references to sources are not checked.
@@ -322,15 +315,11 @@ impl Context {
 
 impl RuleFile {
     pub fn load(path: &Path, ctx: &Context) -> Result<Self, RuleFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RuleFileError::Read { path: path.into(), source })?;
-        Self::parse(&text, path, ctx)
+        Self::parse(&edgeloop_shared::config::read(path)?, path, ctx)
     }
 
     pub fn parse(text: &str, path: &Path, ctx: &Context) -> Result<Self, RuleFileError> {
-        let file: RuleFile =
-            toml::from_str(text).map_err(|e| RuleFileError::Parse { path: path.into(), message: e.to_string() })?;
-        let problems = file.problems(ctx);
-        if problems.is_empty() { Ok(file) } else { Err(RuleFileError::Invalid { path: path.into(), problems }) }
+        edgeloop_shared::config::parse(text, path, |file: &RuleFile| file.problems(ctx))
     }
 
     /// Every problem, each naming the rule or action and the key.
