@@ -210,7 +210,10 @@ async fn hot_reload_refuses_a_broken_file_and_applies_a_good_one() {
         a.source("line").unwrap().snapshot().up.then_some(())
     })
     .await;
-    assert_eq!(a.rules_version(), 1);
+    harness::wait_for("rule set version 1", Duration::from_secs(10), || async {
+        (a.rules_version() == 1).then_some(())
+    })
+    .await;
     let (listener, mut events) =
         AsyncClient::new(MqttOptions::new("alarm-listener", broker.ip().to_string(), broker.port()), 16);
     listener.subscribe("alarms", QoS::AtLeastOnce).await.unwrap();
