@@ -207,15 +207,23 @@ pub async fn run(ctx: SourceContext, cfg: MqttSourceConfig, agent: String, broke
     let mut backoff = Backoff::seeded(Duration::from_millis(100), Duration::from_secs(5));
     let mut values = Vec::new();
     let mut last_warn: Option<Instant> = None;
+    let mut subscribed = 0usize;
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
             _ = ctx.shutdown.cancelled() => break,
         };
         match event {
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                // Up means subscribed to every mapping: before that, some messages would find no consumer.
+                subscribed += 1;
+                if subscribed >= mappings.len() {
+                    ctx.counters.up.store(true, Relaxed);
+                }
+            }
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff.reset();
-                ctx.counters.up.store(true, Relaxed);
+                subscribed = 0;
                 ctx.counters.opens.fetch_add(1, Relaxed);
                 for m in &mappings {
                     if client.try_subscribe(m.pattern.subscription(), QoS::AtLeastOnce).is_err() {
