@@ -20,6 +20,8 @@ pub struct AgentConfig {
     pub uplink: UplinkConfig,
     #[serde(default)]
     pub buffer: BufferConfig,
+    /// The agent's `/metrics` and `/status` endpoint; off when absent.
+    pub metrics: Option<MetricsConfig>,
     /// Keyed by source id, which becomes the prefix of the source's sensor ids.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
@@ -64,6 +66,9 @@ pub struct UplinkConfig {
     pub ack_timeout: HumanDuration,
     pub reconnect_min: HumanDuration,
     pub reconnect_max: HumanDuration,
+    /// MQTT over TLS when set.
+    pub tls: Option<TlsConfig>,
+    pub catch_up: CatchUp,
 }
 
 impl Default for UplinkConfig {
@@ -79,6 +84,8 @@ impl Default for UplinkConfig {
             ack_timeout: secs(15),
             reconnect_min: HumanDuration(std::time::Duration::from_millis(100)),
             reconnect_max: secs(10),
+            tls: None,
+            catch_up: CatchUp::LiveFirst,
         }
     }
 }
@@ -89,14 +96,60 @@ pub struct BufferConfig {
     /// Group commit: readings that arrive within this interval are written and flushed together.
     /// A reading counts as accepted once its group is flushed.
     pub flush_interval: HumanDuration,
-    /// sled's page cache (its default of 1 GiB is far too much for a gateway).
+    /// The store's page cache.
     pub cache: ByteSize,
+    /// The most the buffer holds (batches of both lanes, as stored); see `when_full`.
+    pub max_bytes: ByteSize,
+    /// When `max_bytes` is reached: `"drop_oldest"` telemetry (keep the newest) or
+    /// `"reject_new"` telemetry (keep the oldest). Events are never dropped; every drop is
+    /// counted, logged and reported to the collector as a `dropped` event.
+    pub when_full: crate::buffer::WhenFull,
+    /// Verify every page's checksum when the agent starts (reads the buffer file once); a
+    /// damaged file is then moved aside and what reads back intact is salvaged.
+    pub verify_on_open: bool,
 }
 
 impl Default for BufferConfig {
     fn default() -> Self {
-        Self { flush_interval: HumanDuration(std::time::Duration::from_millis(20)), cache: ByteSize(16 << 20) }
+        Self {
+            flush_interval: HumanDuration(std::time::Duration::from_millis(20)),
+            cache: ByteSize(16 << 20),
+            max_bytes: ByteSize(1 << 30),
+            when_full: crate::buffer::WhenFull::DropOldest,
+            verify_on_open: true,
+        }
     }
+}
+
+/// TLS for the uplink (rustls). The broker's certificate must name `uplink.host`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA(s) that signed the collector's certificate.
+    pub ca: PathBuf,
+    /// Client certificate and key (PEM) when the broker asks for one.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Which telemetry goes first after the uplink comes back (events always go first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    /// Readings taken since the uplink returned go ahead of the backlog, so dashboards and
+    /// fleet rules see the present while the past fills in.
+    #[default]
+    LiveFirst,
+    /// Strictly oldest first.
+    OldestFirst,
+}
+
+/// The agent's own HTTP endpoint: Prometheus `/metrics` and a JSON `/status`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// e.g. "127.0.0.1:9464"; port 0 picks a free one (logged at start).
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,6 +386,26 @@ impl AgentConfig {
         }
         if self.buffer.cache.0 < 1 << 20 {
             problem("buffer.cache", "must be at least 1MiB".into());
+        }
+        if self.buffer.max_bytes.0 < 1 << 20 {
+            problem("buffer.max_bytes", "must be at least 1MiB".into());
+        }
+        if let Some(tls) = &u.tls {
+            let files = [
+                ("uplink.tls.ca", Some(&tls.ca)),
+                ("uplink.tls.cert", tls.cert.as_ref()),
+                ("uplink.tls.key", tls.key.as_ref()),
+            ];
+            for (key, path) in files {
+                if let Some(path) = path
+                    && !path.is_file()
+                {
+                    problem(key, format!("{} is not a readable file", path.display()));
+                }
+            }
+            if tls.cert.is_some() != tls.key.is_some() {
+                problem("uplink.tls.cert", "cert and key go together: set both or neither".into());
+            }
         }
         if self.sources.is_empty() {
             problem("sources", "no source is configured; add e.g. [sources.press-3] with kind = \"simulated\"".into());

@@ -2,7 +2,7 @@
 //! forwards batches to the collector, removing them only on the collector's end-to-end ack.
 //!
 //! ```text
-//! sources ──mpsc<Observation>──► normalise ──mpsc<Record>──► buffer intake ──(sled: sealed batches)──► forwarder ──MQTT──► collector
+//! sources ──mpsc<Observation>──► normalise ──mpsc<Record>──► buffer intake ──(redb: sealed batches)──► forwarder ──MQTT──► collector
 //!   (serial, MQTT, simulated)     (time, health)                          └──(watch: newest seq)──────┘   ◄── ack ──┘
 //! ```
 //!
@@ -12,15 +12,18 @@
 //! - [`actions`]: what a firing rule does (serial trip command, MQTT publish, program).
 //! - [`sources`]: where readings come from (one file per kind of source).
 //! - [`features`]: window features for rules (vibration RMS, kurtosis, velocity, bands, ISO zones).
-//! - [`buffer`]: the durable sled buffer and the group-commit intake task.
-//! - [`forwarder`]: the uplink's in-flight window and its MQTT transport.
+//! - [`buffer`]: the durable buffer (redb, two priority lanes, byte limit) and the group-commit
+//!   intake task.
+//! - [`forwarder`]: the uplink's in-flight windows and its MQTT transport (TLS optional).
 //! - [`stats`]: the agent's counters.
+//! - [`metrics`]: `/metrics` (Prometheus) and `/status` (JSON) over a tiny HTTP server.
 
 pub mod actions;
 pub mod buffer;
 pub mod config;
 pub mod features;
 pub mod forwarder;
+pub mod metrics;
 pub mod rules;
 pub mod sources;
 pub mod stats;
@@ -64,11 +67,18 @@ pub enum StartError {
     Record(#[from] rules::record::RecordError),
     #[error("cannot start the recorder thread: {0}")]
     Recorder(String),
+    #[error("uplink TLS: {0}")]
+    Tls(String),
+    #[error("cannot serve metrics on {addr}: {error}")]
+    Metrics { addr: SocketAddr, error: String },
 }
 
 /// A running agent.
 pub struct Agent {
     pub stats: Arc<AgentStats>,
+    buffer: Buffer,
+    probe: metrics::Probe,
+    metrics_addr: Option<SocketAddr>,
     sources: BTreeMap<String, Arc<SourceCounters>>,
     serial: BTreeMap<String, SerialHandle>,
     brokers: BTreeMap<String, SocketAddr>,
@@ -126,6 +136,31 @@ impl Agent {
         self.rules.latched()
     }
 
+    /// The buffer's running totals (persisted: they cover the agent's whole life).
+    pub fn buffer(&self) -> buffer::Totals {
+        self.buffer.totals()
+    }
+
+    /// Timestamp (ns) of the oldest reading or event not yet acknowledged by the collector.
+    pub fn oldest_unsent_ns(&self) -> Option<i64> {
+        self.buffer.oldest_unsent_ns()
+    }
+
+    /// Size of the buffer's file on disk.
+    pub fn buffer_disk_bytes(&self) -> u64 {
+        self.buffer.disk_bytes()
+    }
+
+    /// Where `/metrics` and `/status` are served, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// What `/status` shows.
+    pub fn status(&self) -> metrics::Status {
+        self.probe.status(self.latched())
+    }
+
     /// Every sensor's health, as of the last quarter second.
     pub fn health(&self) -> Vec<SensorHealth> {
         self.health.lock().map(|h| h.clone()).unwrap_or_default()
@@ -140,7 +175,14 @@ impl Agent {
 /// an embedded sensor broker cannot listen.
 pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<Agent, StartError> {
     let stats = Arc::new(AgentStats::default());
-    let buffer = Buffer::open(&config.agent.data_dir, config.buffer.cache.0)?;
+    let (buffer, recovery) = Buffer::open(&config.agent.data_dir, buffer_settings(config))?;
+    if let buffer::Recovery::Salvaged { moved_to, salvaged, reason } = &recovery {
+        tracing::error!(agent = %config.agent.id, file = %moved_to.display(), salvaged, %reason, "the buffer was damaged; started on a salvaged copy");
+    }
+    let tls = match &config.uplink.tls {
+        Some(t) => Some(read_tls(t)?),
+        None => None,
+    };
     let tasks = TaskTracker::new();
     let (obs_tx, obs_rx) = mpsc::channel(STAGE_QUEUE);
     let (normalised_tx, normalised_rx) = mpsc::channel(STAGE_QUEUE);
@@ -206,7 +248,8 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
     let health = Arc::new(Mutex::new(Vec::new()));
     tasks.spawn(sources::normalise::run(normaliser, obs_rx, normalised_tx, health.clone()));
 
-    let latches = buffer.tree("latches")?;
+    let restored = buffer.latches()?;
+    let latches = rules::stage::latch_writer(buffer.clone());
     let rule_file = Arc::new(rule_file);
     let engine = rules::engine::Engine::new(&rule_file);
     let make_actions = {
@@ -244,6 +287,7 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         engine,
         file: rule_file,
         actions,
+        restored,
         latches,
         latched_view,
         make_actions,
@@ -263,8 +307,6 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
     }
 
     let intake = IntakeSettings {
-        agent: config.agent.id.clone(),
-        tags: config.agent.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         flush_interval: config.buffer.flush_interval.0,
         batch_max_readings: config.uplink.batch_max_readings,
     };
@@ -288,7 +330,10 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         ack_timeout: u.ack_timeout.0,
         reconnect_min: u.reconnect_min.0,
         reconnect_max: u.reconnect_max.0,
+        tls,
+        catch_up: u.catch_up,
     };
+    let buffer_view = buffer.clone();
     let (st, sd) = (stats.clone(), shutdown.clone());
     tasks.spawn(async move {
         if let Err(e) = forwarder::run(uplink, buffer, committed_rx, st, sd.clone()).await {
@@ -296,5 +341,61 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
             sd.cancel();
         }
     });
-    Ok(Agent { stats, sources: counters, serial, brokers, health, rules: rules_handle, tasks, stop_sources, shutdown })
+    let probe = metrics::Probe {
+        agent: config.agent.id.clone(),
+        stats: stats.clone(),
+        buffer: buffer_view.clone(),
+        sources: counters.clone(),
+        health: health.clone(),
+    };
+    let metrics_addr = match &config.metrics {
+        Some(m) => {
+            let (listener, addr) = metrics::bind(m.listen)
+                .await
+                .map_err(|e| StartError::Metrics { addr: m.listen, error: e.to_string() })?;
+            tracing::info!(agent = %config.agent.id, %addr, "metrics and status on http://{addr}/metrics and /status");
+            let view = rules_handle.clone();
+            tasks.spawn(metrics::serve(listener, probe.clone(), move || view.latched(), shutdown.clone()));
+            Some(addr)
+        }
+        None => None,
+    };
+    let agent = Agent {
+        stats,
+        probe,
+        metrics_addr,
+        buffer: buffer_view,
+        sources: counters,
+        serial,
+        brokers,
+        health,
+        rules: rules_handle,
+        tasks,
+        stop_sources,
+        shutdown,
+    };
+    Ok(agent)
+}
+
+fn buffer_settings(config: &AgentConfig) -> buffer::BufferSettings {
+    buffer::BufferSettings {
+        agent: config.agent.id.clone(),
+        tags: config.agent.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        max_bytes: config.buffer.max_bytes.0,
+        when_full: config.buffer.when_full,
+        cache_bytes: usize::try_from(config.buffer.cache.0).unwrap_or(usize::MAX),
+        verify_on_open: config.buffer.verify_on_open,
+        drop_report_interval: std::time::Duration::from_secs(10),
+    }
+}
+
+fn read_tls(t: &config::TlsConfig) -> Result<forwarder::mqtt::TlsFiles, StartError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| StartError::Tls(format!("cannot read {}: {e}", path.display())))
+    };
+    let client = match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+        _ => None,
+    };
+    Ok(forwarder::mqtt::TlsFiles { ca: read(&t.ca)?, client })
 }

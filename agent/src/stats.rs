@@ -21,6 +21,12 @@ pub struct AgentStats {
     pub batches_resent: AtomicU64,
     /// Whether the uplink's MQTT session is up.
     pub uplink_connected: AtomicBool,
+    /// Whether the uplink is up and still sending a backlog from before it came back.
+    pub catching_up: AtomicBool,
+    /// Accepted readings dropped to make room in a full buffer (this run).
+    pub dropped: AtomicU64,
+    /// Readings refused by a full buffer under `when_full = "reject_new"` (this run).
+    pub refused: AtomicU64,
     /// Events (stale sensors, clock skew, trips) durably in the buffer.
     pub events_accepted: AtomicU64,
     /// Rule actions handed off (a trip command queued, a message published, a program started).
@@ -46,7 +52,10 @@ pub struct StatsSnapshot {
     pub batches_sent: u64,
     pub batches_resent: u64,
     pub uplink_connected: bool,
+    pub catching_up: bool,
     pub events_accepted: u64,
+    pub dropped: u64,
+    pub refused: u64,
 }
 
 impl AgentStats {
@@ -60,7 +69,10 @@ impl AgentStats {
             batches_sent: self.batches_sent.load(Relaxed),
             batches_resent: self.batches_resent.load(Relaxed),
             uplink_connected: self.uplink_connected.load(Relaxed),
+            catching_up: self.catching_up.load(Relaxed),
             events_accepted: self.events_accepted.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            refused: self.refused.load(Relaxed),
         }
     }
 }

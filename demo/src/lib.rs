@@ -98,6 +98,7 @@ pub async fn run(
             },
             uplink: UplinkConfig { host: broker.ip().to_string(), port: broker.port(), ..Default::default() },
             buffer: BufferConfig::default(),
+            metrics: None,
             sources: BTreeMap::from([(
                 format!("machine-{i}"),
                 SourceConfig::Simulated(SimulatedConfig {

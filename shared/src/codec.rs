@@ -93,6 +93,8 @@ pub enum CodecError {
     VarintOverflow { what: &'static str, at: usize },
     #[error("point count {count} does not fit in this target's address space")]
     CountTooLarge { count: u64 },
+    #[error("point count {count} is more than the {max} allowed")]
+    TooManyPoints { count: u64, max: usize },
     #[error("value kind {kind:#04x} at byte {at} is neither 0x00 (float) nor 0x10..=0x16 (decimal)")]
     ValueKind { kind: u8, at: usize },
     #[error("{what} {found} at byte {at} is not 0, 1 or 2")]
@@ -168,9 +170,17 @@ pub fn encode_series(points: &[Point], out: &mut Vec<u8>) {
 /// [`CodecError::Truncated`] when `bytes` ends before the series does (including every proper
 /// prefix of a valid encoding), and the other variants for bytes no encoder writes.
 pub fn decode_series(bytes: &[u8]) -> Result<(Vec<Point>, usize), CodecError> {
+    decode_series_at_most(bytes, usize::MAX)
+}
+
+/// [`decode_series`], refusing a series of more than `max` points before decoding any of them.
+pub fn decode_series_at_most(bytes: &[u8], max: usize) -> Result<(Vec<Point>, usize), CodecError> {
     let mut input = Input { bytes, pos: 0 };
     let count = input.varint("point count")?;
     let n = usize::try_from(count).map_err(|_| CodecError::CountTooLarge { count })?;
+    if n > max {
+        return Err(CodecError::TooManyPoints { count, max });
+    }
     if n == 0 {
         return Ok((Vec::new(), input.pos));
     }

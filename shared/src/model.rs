@@ -4,10 +4,12 @@
 //! travel inside a [`crate::batch::Batch`].
 
 use alloc::{string::String, vec::Vec};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 
 /// Version byte in front of every MQTT payload edgeloop writes (batches, acks, commands).
-pub const WIRE_VERSION: u8 = 1;
+///
+/// Version 2: a batch's series travel as [`crate::codec`] columns.
+pub const WIRE_VERSION: u8 = 2;
 
 /// One value of one sensor at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +48,9 @@ pub enum EventKind {
     ClockSkew { skew_ms: i64 },
     /// The agent now runs version `version` of its rule set (start or hot reload).
     RulesLoaded { version: u64 },
+    /// The agent found `batches` unreadable batches in its buffer (bad checksum, or a damaged
+    /// file) and set them aside instead of sending them.
+    Quarantined { batches: u64 },
 }
 
 impl EventKind {
@@ -60,6 +65,7 @@ impl EventKind {
             EventKind::Dropped { .. } => "dropped",
             EventKind::ClockSkew { .. } => "clock_skew",
             EventKind::RulesLoaded { .. } => "rules_loaded",
+            EventKind::Quarantined { .. } => "quarantined",
         }
     }
 }
@@ -148,7 +154,12 @@ pub fn to_wire<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
 }
 
 /// Checks the version byte and decodes the rest; trailing bytes are an error, not silently ignored.
-pub fn from_wire<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+pub fn from_wire<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    from_wire_borrowed(bytes)
+}
+
+/// [`from_wire`] for a message that borrows from `bytes` (strings and byte columns).
+pub fn from_wire_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
     let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
     if version != WIRE_VERSION {
         return Err(WireError::Version { found: version });

@@ -2,6 +2,7 @@
 //! servers started on free ports in temp dirs, the real binaries as child processes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod buffer;
 mod harness;
 mod rules;
 mod skeleton;

@@ -1,15 +1,15 @@
 //! The durable buffer between the sources and the uplink.
 //!
 //! Readings are sealed into batches and written to disk before anything is sent: a reading is
-//! **accepted** once the group commit that holds it is flushed, and its batch leaves the buffer
-//! only when the collector acknowledges that the batch is stored in the database.
+//! **accepted** once the group commit that holds it is durable (fsync), and its batch leaves the
+//! buffer only when the collector acknowledges that the batch is stored in the database.
 //!
-//! - [`sled`]: the store itself (sled 0.34), batches keyed by their sequence number.
+//! - [`redb`]: the store itself (redb), batches keyed by their sequence number, in two lanes.
 //! - [`run_intake`]: the task that groups readings, seals batches and commits them.
 
-pub mod sled;
+pub mod redb;
 
-pub use self::sled::{Buffer, BufferError, Lane, StoredBatch};
+pub use self::redb::{Appended, Buffer, BufferError, BufferSettings, Lane, Recovery, StoredBatch, Totals, WhenFull};
 
 use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
@@ -32,9 +32,6 @@ pub enum Record {
 /// How the intake groups readings.
 #[derive(Debug, Clone)]
 pub struct IntakeSettings {
-    pub agent: String,
-    /// Tags put on every batch.
-    pub tags: Vec<(String, String)>,
     pub flush_interval: Duration,
     pub batch_max_readings: usize,
 }
@@ -55,9 +52,13 @@ pub async fn run_intake(
     let group_max = settings.batch_max_readings.saturating_mul(8).max(1);
     let mut pending: Vec<Record> = Vec::with_capacity(group_max);
     let mut closed = false;
+    // Even with nothing coming in, drops still unreported go out within a second or so.
+    let mut report = tokio::time::interval(Duration::from_secs(1));
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !closed {
         tokio::select! {
             n = input.recv_many(&mut pending, group_max) => closed = n == 0,
+            _ = report.tick() => {}
             _ = shutdown.cancelled() => {
                 input.close();
                 while let Some(r) = input.recv().await {
@@ -82,6 +83,12 @@ pub async fn run_intake(
         }
         commit(&settings, &buffer, &mut pending, &committed, &stats).await?;
     }
+    // The input is done (sources finished, or shutdown): report any drop right away.
+    let done = buffer.report_drops().await?;
+    if done.events > 0 {
+        stats.events_accepted.fetch_add(done.events, Relaxed);
+        committed.send_replace(done.last_seq);
+    }
     Ok(())
 }
 
@@ -92,9 +99,6 @@ async fn commit(
     committed: &watch::Sender<u64>,
     stats: &AgentStats,
 ) -> Result<(), BufferError> {
-    if pending.is_empty() {
-        return Ok(());
-    }
     let mut readings = Vec::with_capacity(pending.len());
     let mut events = Vec::new();
     for r in pending.drain(..) {
@@ -103,13 +107,14 @@ async fn commit(
             Record::Event(e) => events.push(e),
         }
     }
-    let n_events = events.len() as u64;
-    let last_seq =
-        buffer.append(&settings.agent, &settings.tags, &readings, events, settings.batch_max_readings).await?;
-    let n = readings.len() as u64;
-    stats.accepted.fetch_add(n, Relaxed);
-    stats.events_accepted.fetch_add(n_events, Relaxed);
-    stats.backlog.fetch_add(n, Relaxed);
-    committed.send_replace(last_seq);
+    let done = buffer.append(readings, events, settings.batch_max_readings).await?;
+    stats.accepted.fetch_add(done.readings, Relaxed);
+    stats.events_accepted.fetch_add(done.events, Relaxed);
+    stats.dropped.fetch_add(done.dropped_readings, Relaxed);
+    stats.refused.fetch_add(done.refused_readings, Relaxed);
+    stats.backlog.store(buffer.totals().held_readings, Relaxed);
+    if done.readings + done.events > 0 {
+        committed.send_replace(done.last_seq);
+    }
     Ok(())
 }

@@ -15,13 +15,14 @@ use edgeloop_shared::{
     model::{Ack, AckStatus, from_wire},
     topic::{Channel, topic},
 };
-use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::window::Window;
 use crate::{
     buffer::{Buffer, BufferError, Lane},
+    config::CatchUp,
     stats::AgentStats,
 };
 
@@ -38,6 +39,22 @@ pub struct UplinkSettings {
     pub ack_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    pub tls: Option<TlsFiles>,
+    pub catch_up: CatchUp,
+}
+
+/// PEM contents for the TLS transport, read at start so a bad file fails the start, not a
+/// reconnect hours later.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub ca: Vec<u8>,
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles").field("client_auth", &self.client.is_some()).finish_non_exhaustive()
+    }
 }
 
 enum Uplink {
@@ -63,6 +80,9 @@ pub async fn run(
         .set_max_packet_size(1 << 20, 64 << 20);
     if let (Some(user), Some(pass)) = (&settings.username, &settings.password) {
         opts.set_credentials(user, pass);
+    }
+    if let Some(tls) = &settings.tls {
+        opts.set_transport(Transport::tls(tls.ca.clone(), tls.client.clone(), None));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let mut net = NetworkOptions::new();
@@ -107,33 +127,38 @@ pub async fn run(
         }
     });
 
-    let (batches, readings) = buffer.backlog()?;
-    stats.backlog.store(readings, Relaxed);
-    if batches > 0 {
-        tracing::info!(agent = %settings.agent, batches, readings, "backlog found in the buffer");
+    let totals = buffer.totals();
+    stats.backlog.store(totals.held_readings, Relaxed);
+    if totals.held_batches > 0 {
+        tracing::info!(agent = %settings.agent, batches = totals.held_batches, readings = totals.held_readings, "backlog found in the buffer");
     }
 
-    // One window per lane: events have slots of their own, so a telemetry backlog in flight can
-    // never hold a trip event back; and they are always sent first.
-    let mut windows =
-        [(Lane::Events, Window::new(settings.in_flight)), (Lane::Telemetry, Window::new(settings.in_flight))];
+    // Three windows, sent in this order: events (their own slots, so a telemetry backlog in
+    // flight never holds a trip back), live telemetry (committed since the uplink last came up),
+    // then the backlog. With `catch_up = "oldest_first"` everything is backlog.
+    let mut windows = Windows::new(settings.in_flight);
+    let mut windows_sent_before = SentBefore::new();
     let mut connected = false;
+    let mut acks: Vec<Ack> = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        for (lane, window) in &mut windows {
-            if window.free() > 0 {
-                window.load(buffer.next_after(*lane, window.cursor(), window.free())?);
-            }
-        }
+        windows.load(&buffer).await?;
+        stats
+            .catching_up
+            .store(connected && !windows.backlog.is_empty() && settings.catch_up == CatchUp::LiveFirst, Relaxed);
         if connected {
             let now = Instant::now();
-            'lanes: for (_, window) in &mut windows {
+            'lanes: for window in windows.in_send_order() {
                 for seq in window.due(now, settings.ack_timeout) {
+                    if !buffer.contains(seq) {
+                        window.ack(seq); // dropped for room while in flight: nothing to send
+                        continue;
+                    }
                     let Some(send) = window.get(seq) else {
                         continue;
                     };
-                    let resend = send.resend;
+                    let resend = send.resend || windows_sent_before.remove(&seq);
                     if client.try_publish(&telemetry_topic, QoS::AtLeastOnce, false, send.payload.to_vec()).is_err() {
                         break 'lanes; // client queue full: the next tick tries again
                     }
@@ -148,21 +173,32 @@ pub async fn run(
         tokio::select! {
             event = events.recv() => match event {
                 Some(Uplink::Connected) => {
-                    let in_flight: usize = windows.iter().map(|(_, w)| w.len()).sum();
-                    tracing::info!(agent = %settings.agent, in_flight, "uplink connected");
+                    tracing::info!(agent = %settings.agent, in_flight = windows.len(), backlog = buffer.totals().held_batches, "uplink connected");
                     connected = true;
                     stats.uplink_connected.store(true, Relaxed);
                     if client.try_subscribe(&ack_topic, QoS::AtLeastOnce).is_err() {
                         tracing::warn!(agent = %settings.agent, "cannot queue the ack subscription");
                     }
-                    windows.iter_mut().for_each(|(_, w)| w.connection_reset());
+                    // Everything committed from here on is live; what is older is the backlog.
+                    let live_from = match settings.catch_up {
+                        CatchUp::LiveFirst => buffer.totals().next_seq,
+                        CatchUp::OldestFirst => u64::MAX,
+                    };
+                    windows_sent_before = windows.reset(live_from);
                 }
                 Some(Uplink::Disconnected) => {
                     connected = false;
                     stats.uplink_connected.store(false, Relaxed);
-                    windows.iter_mut().for_each(|(_, w)| w.connection_reset());
+                    windows.connection_reset();
                 }
-                Some(Uplink::Ack(payload)) => on_ack(&settings.agent, &payload, &mut windows, &buffer, &stats)?,
+                Some(Uplink::Ack(payload)) => {
+                    collect_ack(&settings.agent, &payload, &mut acks);
+                    // Take every ack already queued, and remove them in one transaction.
+                    while let Ok(Uplink::Ack(payload)) = events.try_recv() {
+                        collect_ack(&settings.agent, &payload, &mut acks);
+                    }
+                    on_acks(&settings.agent, &mut acks, &mut windows, &buffer, &stats).await?;
+                }
                 None => break,
             },
             _ = committed.changed() => {}
@@ -175,35 +211,106 @@ pub async fn run(
     buffer.flush().await
 }
 
-fn on_ack(
+/// The forwarder's three windows.
+struct Windows {
+    events: Window,
+    live: Window,
+    backlog: Window,
+    /// Telemetry from this sequence number on is live.
+    live_from: u64,
+}
+
+/// Batches sent on an earlier connection and still unacknowledged when the windows were rebuilt:
+/// sending one of them again counts as a re-send.
+type SentBefore = std::collections::BTreeSet<u64>;
+
+impl Windows {
+    fn new(in_flight: usize) -> Self {
+        Self {
+            events: Window::new(in_flight),
+            live: Window::new(in_flight),
+            backlog: Window::new(in_flight),
+            live_from: u64::MAX,
+        }
+    }
+
+    fn in_send_order(&mut self) -> [&mut Window; 3] {
+        [&mut self.events, &mut self.live, &mut self.backlog]
+    }
+
+    fn len(&self) -> usize {
+        self.events.len() + self.live.len() + self.backlog.len()
+    }
+
+    /// Tops every window up from the buffer.
+    async fn load(&mut self, buffer: &Buffer) -> Result<(), BufferError> {
+        if self.events.free() > 0 {
+            self.events.load(buffer.next_after(Lane::Events, self.events.cursor(), self.events.free()).await?);
+        }
+        if self.backlog.free() > 0 {
+            let got = buffer
+                .next_between(Lane::Telemetry, self.backlog.cursor(), self.live_from, self.backlog.free())
+                .await?;
+            self.backlog.load(got);
+        }
+        if self.live.free() > 0 && self.live_from < u64::MAX {
+            let after = self.live.cursor().or(self.live_from.checked_sub(1));
+            self.live.load(buffer.next_after(Lane::Telemetry, after, self.live.free()).await?);
+        }
+        Ok(())
+    }
+
+    /// The uplink came (back) up: start over from the buffer with a new live boundary; returns
+    /// the batches that had been sent before.
+    fn reset(&mut self, live_from: u64) -> SentBefore {
+        let mut sent = SentBefore::new();
+        for w in self.in_send_order() {
+            sent.extend(w.sent());
+            *w = Window::new(w.max());
+        }
+        self.live_from = live_from;
+        sent
+    }
+
+    fn connection_reset(&mut self) {
+        self.in_send_order().into_iter().for_each(Window::connection_reset);
+    }
+}
+
+fn collect_ack(agent: &str, payload: &[u8], acks: &mut Vec<Ack>) {
+    match from_wire::<Ack>(payload) {
+        Ok(ack) => acks.push(ack),
+        Err(e) => tracing::warn!(agent, error = %e, bytes = payload.len(), "ignoring a malformed ack"),
+    }
+}
+
+async fn on_acks(
     agent: &str,
-    payload: &[u8],
-    windows: &mut [(Lane, Window); 2],
+    acks: &mut Vec<Ack>,
+    windows: &mut Windows,
     buffer: &Buffer,
     stats: &AgentStats,
 ) -> Result<(), BufferError> {
-    let ack: Ack = match from_wire(payload) {
-        Ok(ack) => ack,
-        Err(e) => {
-            tracing::warn!(agent, error = %e, bytes = payload.len(), "ignoring a malformed ack");
-            return Ok(());
-        }
-    };
-    windows.iter_mut().for_each(|(_, w)| {
-        w.ack(ack.seq);
-    });
-    let Some(readings) = buffer.remove(ack.seq)? else {
-        return Ok(()); // a duplicate ack for a batch already gone
-    };
-    let readings = readings as u64;
-    stats.backlog.fetch_sub(readings.min(stats.backlog.load(Relaxed)), Relaxed);
-    match ack.status {
-        AckStatus::Stored { .. } => {
-            stats.acked.fetch_add(readings, Relaxed);
-        }
-        AckStatus::Rejected { reason } => {
-            stats.rejected.fetch_add(readings, Relaxed);
-            tracing::error!(agent, seq = ack.seq, readings, %reason, "collector refused a batch for good; dropped it");
+    for ack in acks.iter() {
+        windows.in_send_order().into_iter().for_each(|w| {
+            w.ack(ack.seq);
+        });
+    }
+    let removed = buffer.remove(acks.iter().map(|a| a.seq).collect()).await?;
+    stats.backlog.store(buffer.totals().held_readings, Relaxed);
+    for (ack, readings) in acks.drain(..).zip(removed) {
+        let Some(readings) = readings else {
+            continue; // a duplicate ack for a batch already gone
+        };
+        let readings = u64::from(readings);
+        match ack.status {
+            AckStatus::Stored { .. } => {
+                stats.acked.fetch_add(readings, Relaxed);
+            }
+            AckStatus::Rejected { reason } => {
+                stats.rejected.fetch_add(readings, Relaxed);
+                tracing::error!(agent, seq = ack.seq, readings, %reason, "collector refused a batch for good; dropped it");
+            }
         }
     }
     Ok(())

@@ -38,6 +38,10 @@ impl Window {
         Self { max: max.max(1), entries: BTreeMap::new(), cursor: None }
     }
 
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -80,6 +84,11 @@ impl Window {
             f.sent_at = Some(now);
             f.sends += 1;
         }
+    }
+
+    /// Batches sent at least once.
+    pub fn sent(&self) -> impl Iterator<Item = u64> + '_ {
+        self.entries.iter().filter(|(_, f)| f.sends > 0).map(|(&seq, _)| seq)
     }
 
     /// The connection dropped (or came back): whatever was in flight must be sent again.

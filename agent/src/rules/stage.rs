@@ -1,7 +1,8 @@
 //! The rules stage: between `normalise` and the buffer intake. For every reading it evaluates
 //! the rules first and fires their actions inline (handing them off without waiting), and only
 //! then passes the reading on to be written: a trip never waits on the disk or the uplink.
-//! Latches are persisted in the agent's sled database, after the actions fired.
+//! Latches are persisted in the agent's buffer database, after the actions fired, by a writer
+//! task of their own (an fsync never sits on the fast path).
 
 use std::{
     collections::BTreeSet,
@@ -17,7 +18,34 @@ use super::{
     config::RuleFile,
     engine::{Engine, Outcome, ResetOutcome},
 };
-use crate::{actions::Actions, buffer::Record, sources::now_ns, stats::AgentStats};
+use crate::{
+    actions::Actions,
+    buffer::{Buffer, Record},
+    sources::now_ns,
+    stats::AgentStats,
+};
+
+/// A latch to persist (`Some(since_ns)`) or clear.
+pub type LatchChange = (String, Option<i64>);
+
+/// Starts the task that persists latch changes in order; returns its queue. Unbounded on
+/// purpose: a change is a rule latching or being reset, a handful per incident, and the stage
+/// must never wait to hand one over.
+pub fn latch_writer(buffer: Buffer) -> mpsc::UnboundedSender<LatchChange> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<LatchChange>();
+    tokio::spawn(async move {
+        while let Some((rule, since)) = rx.recv().await {
+            let b = buffer.clone();
+            let name = rule.clone();
+            match tokio::task::spawn_blocking(move || b.set_latch(&name, since)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(rule, error = %e, "cannot persist the latch"),
+                Err(_) => tracing::error!(rule, "the latch writer stopped"),
+            }
+        }
+    });
+    tx
+}
 
 /// Requests to the rules stage from the rest of the agent.
 pub enum Control {
@@ -78,7 +106,9 @@ pub struct Stage {
     pub engine: Engine,
     pub file: Arc<RuleFile>,
     pub actions: Actions,
-    pub latches: sled::Tree,
+    /// Latched rules found in the buffer at start.
+    pub restored: Vec<String>,
+    pub latches: mpsc::UnboundedSender<LatchChange>,
     /// What [`RulesHandle::latched`] shows.
     pub latched_view: Arc<Mutex<BTreeSet<String>>>,
     /// Builds the actions of a (reloaded) rule file.
@@ -103,20 +133,10 @@ impl Stage {
                             view.remove(&rule);
                         }
                     }
-                    let r = if latched {
-                        self.latches.insert(rule.as_bytes(), &now_ns().to_be_bytes()).map(|_| ())
-                    } else {
-                        self.latches.remove(rule.as_bytes()).map(|_| ())
-                    };
-                    if let Err(e) = r {
-                        tracing::error!(rule, error = %e, "cannot persist the latch");
+                    let since = latched.then(now_ns);
+                    if self.latches.send((rule.clone(), since)).is_err() {
+                        tracing::error!(rule, "cannot persist the latch: its writer stopped");
                     }
-                    let tree = self.latches.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = tree.flush_async().await {
-                            tracing::error!(error = %e, "cannot flush the latch");
-                        }
-                    });
                 }
                 Outcome::Event(e) => {
                     match e.kind {
@@ -153,13 +173,11 @@ pub async fn run(
     let mut forward = Vec::with_capacity(1024);
     let mut batch = Vec::with_capacity(1024);
     // Latches from before a restart: the rules start tripped and re-assert their actions.
-    let restored: Vec<String> =
-        stage.latches.iter().keys().filter_map(Result::ok).map(|k| String::from_utf8_lossy(&k).into_owned()).collect();
-    for rule in restored {
+    for rule in std::mem::take(&mut stage.restored) {
         if stage.engine.restore_latch(&rule, &mut outcomes) {
             tracing::warn!(rule, "rule still latched from before the restart; trip re-asserted");
-        } else if let Err(e) = stage.latches.remove(rule.as_bytes()) {
-            tracing::error!(rule, error = %e, "cannot drop the latch of a rule that no longer exists");
+        } else if stage.latches.send((rule.clone(), None)).is_err() {
+            tracing::error!(rule, "cannot drop the latch of a rule that no longer exists");
         }
     }
     stage.apply(&mut outcomes, &mut forward);

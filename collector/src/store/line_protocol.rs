@@ -46,10 +46,15 @@ pub fn encode_batch(out: &mut String, measurement: &str, events_measurement: &st
             EventKind::ClockSkew { skew_ms } => {
                 let _ = write!(out, ",skew_ms={skew_ms}i");
             }
+            EventKind::Quarantined { batches } => {
+                let _ = write!(out, ",quarantined_batches={batches}i");
+            }
             _ => {}
         }
+        // A value named like a field written above would make the database refuse the line.
+        let reserved = ["message", "dropped_readings", "skew_ms", "quarantined_batches"];
         for (name, value) in &e.values {
-            if value.is_finite() {
+            if value.is_finite() && !reserved.contains(&name.as_str()) {
                 out.push(',');
                 escape(out, name, Kind::Tag);
                 let _ = write!(out, "={value:?}");

@@ -112,6 +112,7 @@ pub fn agent_config(id: &str, data_dir: &Path, broker: SocketAddr, sim: Simulate
             ..Default::default()
         },
         buffer: BufferConfig::default(),
+        metrics: None,
         sources: BTreeMap::from([("machine".to_string(), SourceConfig::Simulated(sim))]),
     }
 }
