@@ -52,7 +52,7 @@ impl Limits {
     /// # Errors
     /// [`InvalidLimits`] when the temperature is not finite or the vibration is not finite and
     /// above 0 (a vibration limit of 0 or less would trip on the sensor's own noise).
-    pub fn new(temperature_c: f32, vibration_rms_g: f32) -> Result<Self, InvalidLimits> {
+    pub const fn new(temperature_c: f32, vibration_rms_g: f32) -> Result<Self, InvalidLimits> {
         if temperature_c.is_finite() && vibration_rms_g.is_finite() && vibration_rms_g > 0.0 {
             Ok(Self { temperature_c, vibration_rms_g })
         } else {

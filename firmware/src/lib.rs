@@ -3,8 +3,8 @@
 //! `no_std`, no heap. It speaks the shared serial frame (COBS + postcard + CRC-32, from
 //! `edgeloop-shared`, the very code the agent decodes with) and keeps the machine's trip latch.
 //! Hardware access goes through embedded-hal 1.0 traits only, so the same code runs, unchanged,
-//! in host tests against `embedded-hal-mock`; the board binary owns the clocks, the peripherals
-//! and the main loop.
+//! in host tests against `embedded-hal-mock` and, in the simulator, against simulated devices;
+//! a board binary owns the clocks, the peripherals and the interrupts, and turns [`node_loop`].
 //!
 //! # Layout
 //! - [`Node`]: the node's end of the serial link: sequence numbers of outgoing frames and the
@@ -13,12 +13,24 @@
 //! - [`features`]: RMS, peak, peak-to-peak and crest factor of a window of samples.
 //! - [`interlock`]: the fail-safe, latching enable relay of the machine.
 //! - [`sampler`]: ties readings, window features, the interlock and the link together.
+//! - [`node_loop`]: one turn of the main loop (drivers, sampler, retries), shared by every board
+//!   and the simulator.
+//! - [`byte_queue`]: the byte ring between the main loop and a UART interrupt.
+//! - `sim` (feature `sim`, and in tests): the simulated machine, ADXL345, TMP117 and relay.
+//!
+//! The binaries in `src/bin/`: `nucleo-f411re` (feature `board-nucleo-f411re`), the firmware for
+//! an ST Nucleo-F411RE board, and `node-sim` (feature `sim`), the same core on the host, over a
+//! serial port or pseudo-terminal, with simulated sensors and relay.
 #![cfg_attr(not(test), no_std)]
 
+pub mod byte_queue;
 pub mod drivers;
 pub mod features;
 pub mod interlock;
+pub mod node_loop;
 pub mod sampler;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 
 use edgeloop_shared::frame::{self, FrameDecoder, FrameError, GatewayMessage, MAX_WIRE_FRAME, NodeMessage};
 

@@ -4,6 +4,7 @@
 
 mod buffer;
 mod harness;
+mod node_sim;
 mod rules;
 mod skeleton;
 mod sources;
