@@ -154,6 +154,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Run { config } => {
+            fail_stop_on_panic();
             let config = AgentConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(run(config))?;
@@ -192,6 +193,21 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let s = agent.stats.snapshot();
     tracing::info!(accepted = s.accepted, acked = s.acked, backlog = s.backlog, "stopped");
     Ok(())
+}
+
+/// A panic is a bug: rather than let one task or thread die while the process looks healthy,
+/// stop the whole agent (systemd restarts it; the buffer is built for SIGKILL, so an abort loses
+/// nothing accepted). The one exception is a read of a damaged buffer file, which the buffer
+/// contains and salvages.
+fn fail_stop_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        if !edgeloop_agent::buffer::redb::panic_is_contained() {
+            eprintln!("edgeloop-agent: aborting after a panic (a bug); the service manager restarts it");
+            std::process::abort();
+        }
+    }));
 }
 
 async fn shutdown_signal() {

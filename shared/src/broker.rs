@@ -10,10 +10,12 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
     time::Duration,
 };
 
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings, TlsConfig};
 use serde::Deserialize;
 
 use crate::units::ByteSize;
@@ -28,7 +30,20 @@ pub struct EmbeddedBroker {
     pub max_payload: ByteSize,
     pub max_connections: usize,
     /// Client credentials (user → password). Without any, the broker accepts every client.
+    /// With them, a client must log in as the user its client id names: an agent connects as
+    /// itself (client id = agent id = user) or not at all.
     pub users: BTreeMap<String, String>,
+    /// Serve MQTT over TLS on `listen`. The collector's own client then uses a plain listener
+    /// of its own on loopback.
+    pub tls: Option<BrokerTls>,
+}
+
+/// The broker's certificate chain and key (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for EmbeddedBroker {
@@ -38,6 +53,7 @@ impl Default for EmbeddedBroker {
             max_payload: ByteSize(4 << 20),
             max_connections: 10_000,
             users: BTreeMap::new(),
+            tls: None,
         }
     }
 }
@@ -56,13 +72,13 @@ pub struct BrokerHandle {
     pub addr: SocketAddr,
     /// Where the collector's own client connects (loopback when listening on all interfaces).
     pub connect_addr: SocketAddr,
-    listener: tokio::task::JoinHandle<()>,
+    listeners: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl BrokerHandle {
     /// Stops accepting connections. Connections already open end with the process.
     pub fn stop_listening(&self) {
-        self.listener.abort();
+        self.listeners.iter().for_each(tokio::task::JoinHandle::abort);
     }
 }
 
@@ -76,26 +92,31 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<(String, String)>) -> 
             std::net::TcpListener::bind(addr).map_err(|e| BrokerError::Listen { addr, reason: e.to_string() })?;
         addr = probe.local_addr().map_err(|e| BrokerError::Listen { addr, reason: e.to_string() })?;
     }
-    let auth = if cfg.users.is_empty() {
+    // Each user may connect only with its own name as client id (the collector's own client
+    // excepted), so no agent can take another's session.
+    let auth: Option<rumqttd::AuthHandler> = if cfg.users.is_empty() {
         None
     } else {
-        let mut users: HashMap<String, String> = cfg.users.clone().into_iter().collect();
-        users.extend(internal.clone());
-        Some(users)
+        let users: Arc<HashMap<String, String>> = Arc::new(cfg.users.clone().into_iter().collect());
+        let internal = internal.clone();
+        Some(Arc::new(move |client_id: String, user: String, pass: String| {
+            let ok = match &internal {
+                Some((u, p)) if *u == user => *p == pass,
+                _ => client_id == user && users.get(&user).is_some_and(|p| *p == pass),
+            };
+            if !ok {
+                tracing::warn!(client_id, user, "broker refused a login");
+            }
+            Box::pin(std::future::ready(ok))
+        }))
     };
-    let settings = ServerSettings {
-        name: "edgeloop-v4".into(),
-        listen: addr,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections: ConnectionSettings {
-            connection_timeout_ms: 10_000,
-            max_payload_size: usize::try_from(cfg.max_payload.0).unwrap_or(usize::MAX),
-            max_inflight_count: 256,
-            auth,
-            external_auth: None,
-            dynamic_filters: true,
-        },
+    let connections = |max_payload: &ByteSize| ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: usize::try_from(max_payload.0).unwrap_or(usize::MAX),
+        max_inflight_count: 256,
+        auth: None,
+        external_auth: auth.clone(),
+        dynamic_filters: true,
     };
     let router = RouterConfig {
         max_connections: cfg.max_connections,
@@ -105,37 +126,84 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<(String, String)>) -> 
         ..Default::default()
     };
     let router_tx = Router::new(0, router).spawn();
-    let mut server = Server::new(settings, router_tx, rumqttd::protocol::v4::V4);
-    let (failed_tx, mut failed_rx) = tokio::sync::oneshot::channel();
-    let listener = tokio::spawn(async move {
-        if let Err(e) = server.start(LinkType::Remote).await {
-            let _ = failed_tx.send(e.to_string());
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<(SocketAddr, String)>(2);
+    let mut listeners = Vec::new();
+    let mut serve = |name: &str, listen: SocketAddr, tls: Option<TlsConfig>| {
+        let settings = ServerSettings {
+            name: name.into(),
+            listen,
+            tls,
+            next_connection_delay_ms: 0,
+            connections: connections(&cfg.max_payload),
+        };
+        let mut server = Server::new(settings, router_tx.clone(), rumqttd::protocol::v4::V4);
+        let failed = failed_tx.clone();
+        listeners.push(tokio::spawn(async move {
+            if let Err(e) = server.start(LinkType::Remote).await {
+                let _ = failed.send((listen, e.to_string())).await;
+            }
+        }));
+    };
+    let connect_addr = match &cfg.tls {
+        None => {
+            serve("edgeloop-v4", addr, None);
+            if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr }
         }
-    });
+        Some(tls) => {
+            let path = |p: &PathBuf| p.display().to_string();
+            for file in [&tls.cert, &tls.key] {
+                if !file.is_file() {
+                    return Err(BrokerError::Listen {
+                        addr,
+                        reason: format!("TLS file {} is not readable", file.display()),
+                    });
+                }
+            }
+            let config = TlsConfig::Rustls { capath: None, certpath: path(&tls.cert), keypath: path(&tls.key) };
+            serve("edgeloop-v4-tls", addr, Some(config));
+            let internal_addr = free_loopback(addr)?;
+            serve("edgeloop-v4-internal", internal_addr, None);
+            internal_addr
+        }
+    };
 
-    let connect_addr = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
     let waited = Duration::from_secs(10);
     let deadline = tokio::time::Instant::now() + waited;
+    let mut attempt = 0u32;
     loop {
-        if let Ok(reason) = failed_rx.try_recv() {
-            return Err(BrokerError::Listen { addr, reason });
+        if let Ok((at, reason)) = failed_rx.try_recv() {
+            listeners.iter().for_each(tokio::task::JoinHandle::abort);
+            return Err(BrokerError::Listen { addr: at, reason });
         }
-        if mqtt_handshake(connect_addr, internal.as_ref()).await.is_ok() {
+        attempt += 1;
+        let tls_up = cfg.tls.is_none() || tokio::net::TcpStream::connect(local(addr)).await.is_ok();
+        if tls_up && mqtt_handshake(connect_addr, internal.as_ref(), attempt).await.is_ok() {
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            listener.abort();
+            listeners.iter().for_each(tokio::task::JoinHandle::abort);
             return Err(BrokerError::NotReady { addr, waited });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::info!(%addr, "embedded broker listening");
-    Ok(BrokerHandle { addr, connect_addr, listener })
+    tracing::info!(%addr, tls = cfg.tls.is_some(), "embedded broker listening");
+    Ok(BrokerHandle { addr, connect_addr, listeners })
+}
+
+fn local(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr }
+}
+
+fn free_loopback(public: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).map_err(|e| BrokerError::Listen {
+        addr: public,
+        reason: format!("no loopback port for the collector's own client: {e}"),
+    })
 }
 
 /// Readiness probe: a complete MQTT 3.1.1 CONNECT / CONNACK / DISCONNECT exchange (a bare TCP
 /// connect that hangs up makes rumqttd log an error).
-async fn mqtt_handshake(addr: SocketAddr, login: Option<&(String, String)>) -> std::io::Result<()> {
+async fn mqtt_handshake(addr: SocketAddr, login: Option<&(String, String)>, attempt: u32) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     fn string(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(&(s.len() as u16).to_be_bytes());
@@ -143,7 +211,13 @@ async fn mqtt_handshake(addr: SocketAddr, login: Option<&(String, String)>) -> s
     }
     let flags = if login.is_some() { 0xc2 } else { 0x02 }; // clean session (+ user name, password)
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 10];
-    string(&mut body, "edgeloop-broker-probe");
+    // A fresh client id per attempt: an attempt that timed out must not meet its own ghost.
+    let (probe_id, login) = match login {
+        // The internal user may log in with any client id.
+        Some(l) => (format!("edgeloop-broker-probe-{attempt}"), Some(l)),
+        None => (format!("edgeloop-broker-probe-{attempt}"), None),
+    };
+    string(&mut body, &probe_id);
     if let Some((user, pass)) = login {
         string(&mut body, user);
         string(&mut body, pass);

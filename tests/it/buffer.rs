@@ -338,3 +338,52 @@ async fn a_damaged_buffer_is_quarantined_reported_and_the_rest_sent() {
     stop.cancel();
     agent.wait().await;
 }
+
+/// The uplink over TLS with per-agent credentials: the agent that logs in as itself is stored;
+/// a wrong password, or another agent's name, gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_runs_over_tls_and_each_agent_logs_in_as_itself() {
+    harness::init_tracing();
+    let influx = Influx1::start("edgeloop").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = harness::tls::TestPki::create(dir.path());
+    let stop = CancellationToken::new();
+    let mut config = harness::collector_config(([127, 0, 0, 1], 0).into(), v1(&influx.url));
+    let edgeloop_collector::config::BrokerConfig::Embedded(broker) = &mut config.broker else { unreachable!() };
+    broker.tls = Some(edgeloop_shared::broker::BrokerTls { cert: pki.cert.clone(), key: pki.key.clone() });
+    broker.users = [("gw-tls".to_string(), "s3cret".to_string()), ("gw-other".to_string(), "other".to_string())].into();
+    let collector = edgeloop_collector::start(&config, stop.clone()).await.unwrap();
+    let port = collector.broker_addr().unwrap().port();
+
+    let agent_with = |id: &str, user: &str, pass: &str, data: &str| {
+        let mut cfg = harness::agent_config(
+            id,
+            &dir.path().join(data),
+            ([127, 0, 0, 1], port).into(),
+            harness::fast(5_000, Duration::from_millis(10)),
+        );
+        cfg.uplink.host = "localhost".into();
+        cfg.uplink.username = Some(user.into());
+        cfg.uplink.password = Some(pass.into());
+        cfg.uplink.tls = Some(edgeloop_agent::config::TlsConfig { ca: pki.ca.clone(), cert: None, key: None });
+        cfg
+    };
+    let good = edgeloop_agent::start(&agent_with("gw-tls", "gw-tls", "s3cret", "good"), stop.clone()).await.unwrap();
+    let wrong_password =
+        edgeloop_agent::start(&agent_with("gw-tls2", "gw-tls", "guess", "bad-pass"), stop.clone()).await.unwrap();
+    let impostor =
+        edgeloop_agent::start(&agent_with("gw-evil", "gw-other", "other", "impostor"), stop.clone()).await.unwrap();
+    harness::wait_for("the TLS agent's readings stored", Duration::from_secs(60), || async {
+        (good.stats.snapshot().acked == 5_000).then_some(())
+    })
+    .await;
+    assert_eq!(influx.count("edgeloop", "readings", "value").await, 5_000);
+    for refused in [&wrong_password, &impostor] {
+        let s = refused.stats.snapshot();
+        assert!(!s.uplink_connected && s.acked == 0 && s.backlog == 5_000, "{s:?}");
+    }
+    stop.cancel();
+    for a in [good, wrong_password, impostor] {
+        a.wait().await;
+    }
+}

@@ -18,7 +18,7 @@
 //! docs/architecture.md ("The buffer").
 
 use std::{
-    panic::{AssertUnwindSafe, catch_unwind},
+    panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{SystemTime, UNIX_EPOCH},
@@ -687,6 +687,26 @@ impl Buffer {
     }
 }
 
+thread_local! {
+    static CONTAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a read of a possibly damaged file) so that a panic inside redb comes back as an
+/// error. Everywhere else a panic is a bug, and the agent's binary aborts on it (see
+/// [`panic_is_contained`]).
+fn contain_panic<R>(f: AssertUnwindSafe<impl FnOnce() -> R>) -> std::thread::Result<R> {
+    CONTAINING.with(|c| c.set(true));
+    let r = std::panic::catch_unwind(f);
+    CONTAINING.with(|c| c.set(false));
+    r
+}
+
+/// Whether the panic being reported on this thread happens inside [`contain_panic`]; the agent's
+/// panic hook lets only those unwind.
+pub fn panic_is_contained() -> bool {
+    CONTAINING.with(std::cell::Cell::get)
+}
+
 fn payload_readings(chunk: &[Reading]) -> u32 {
     u32::try_from(chunk.len()).unwrap_or(u32::MAX)
 }
@@ -710,7 +730,7 @@ enum OpenFailure {
 }
 
 fn open_db(path: &Path, settings: &BufferSettings) -> Result<Database, OpenFailure> {
-    let opened = catch_unwind(AssertUnwindSafe(|| {
+    let opened = contain_panic(AssertUnwindSafe(|| {
         Database::builder()
             .set_cache_size(settings.cache_bytes)
             .set_check_integrity_on_open(settings.verify_on_open)
@@ -755,7 +775,7 @@ fn salvage(
         Err(OpenFailure::Damaged(r) | OpenFailure::Other(r)) => return Err(open_err(r)),
     };
     let mut salvaged = 0u64;
-    let copied = catch_unwind(AssertUnwindSafe(|| copy_intact(&moved_to, &db, &mut salvaged)));
+    let copied = contain_panic(AssertUnwindSafe(|| copy_intact(&moved_to, &db, &mut salvaged)));
     let note = match copied {
         Ok(Ok(())) => String::new(),
         Ok(Err(e)) => format!("; salvage stopped: {e}"),
@@ -784,7 +804,7 @@ fn copy_intact(from: &Path, to: &Database, salvaged: &mut u64) -> Result<(), Str
         let mut step = 1u64;
         while from_key <= t.next_seq.max(from_key) {
             let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
-            let scanned = catch_unwind(AssertUnwindSafe(|| -> Result<bool, String> {
+            let scanned = contain_panic(AssertUnwindSafe(|| -> Result<bool, String> {
                 let rtx = old.begin_read().map_err(text)?;
                 let src = rtx.open_table(table).map_err(text)?;
                 for entry in src.range(from_key..).map_err(text)? {

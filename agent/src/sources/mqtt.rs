@@ -163,6 +163,7 @@ pub async fn start_broker(
         max_payload: ByteSize(cfg.max_payload.0.saturating_mul(4).max(1 << 20)),
         max_connections: 1_000,
         users: Default::default(),
+        tls: None,
     };
     let handle = edgeloop_shared::broker::start(&broker, None).await?;
     tracing::info!(source = id, addr = %handle.addr, "sensor broker listening");

@@ -4,6 +4,7 @@
 pub mod influxdb;
 pub mod mosquitto;
 pub mod pty;
+pub mod tls;
 pub mod victoria;
 
 use std::{

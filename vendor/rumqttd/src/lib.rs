@@ -1,3 +1,5 @@
+// edgeloop: vendored third-party code; its own warnings are upstream's to fix.
+#![allow(warnings)]
 use std::fmt;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
