@@ -535,6 +535,16 @@ impl Buffer {
         Ok((out, damaged))
     }
 
+    /// [`Buffer::next_after`] outside the runtime, leaving damaged entries where they are.
+    pub fn next_after_blocking(
+        &self,
+        lane: Lane,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<StoredBatch>, BufferError> {
+        Ok(self.read_between(lane, after, u64::MAX, max)?.0)
+    }
+
     /// [`Buffer::next_between`] with no upper bound.
     pub async fn next_after(
         &self,
