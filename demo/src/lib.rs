@@ -8,9 +8,16 @@
 //! node talks over a real pseudo-terminal (the shared serial frame), so both real source paths
 //! are visible.
 //!
+//! One gateway reaches the collector through a relay that the demo cuts for a while
+//! (`--outage`): its backlog grows in its durable buffer, then drains when the link returns, and
+//! its stored count catches up exactly.
+//!
 //! # Layout
 //! - [`DemoOptions`] and [`run`]: the fleet, the periodic report and the orderly shutdown.
+//! - [`link`]: the TCP relay that simulates the outage.
 //! - `mqtt_devices` / `serial_node`: the simulated devices behind the MQTT and serial gateways.
+
+pub mod link;
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
@@ -32,6 +39,8 @@ pub struct DemoOptions {
     /// Store into this InfluxDB 1.x-API server instead of the embedded store.
     pub influx_url: Option<String>,
     pub influx_db: String,
+    /// Cut gateway-1's uplink at the first time for the second (`None`: no outage).
+    pub outage: Option<(Duration, Duration)>,
 }
 
 /// What the demo saw, per gateway, when it stopped.
@@ -84,8 +93,17 @@ pub async fn run(
 
     let agent_stop = CancellationToken::new();
     let mut agents = Vec::new();
+    let mut outage_link = None;
     for i in 1..=opts.gateways {
         let id = format!("gateway-{i}");
+        // gateway-1 goes through a relay the demo can cut.
+        let uplink_to = if i == 1 && opts.outage.is_some() {
+            let (link, addr) = link::Link::start(broker).await?;
+            outage_link = Some(link);
+            addr
+        } else {
+            broker
+        };
         let config = AgentConfig {
             agent: AgentSection {
                 id: id.clone(),
@@ -96,7 +114,12 @@ pub async fn run(
                 record_max: edgeloop_shared::units::ByteSize(64 << 20),
                 tags: [("site".to_string(), "demo-plant".to_string())].into(),
             },
-            uplink: UplinkConfig { host: broker.ip().to_string(), port: broker.port(), ..Default::default() },
+            uplink: UplinkConfig {
+                host: uplink_to.ip().to_string(),
+                port: uplink_to.port(),
+                reconnect_max: HumanDuration(Duration::from_secs(1)),
+                ..Default::default()
+            },
             buffer: BufferConfig::default(),
             metrics: None,
             sources: BTreeMap::from([(
@@ -178,6 +201,16 @@ pub async fn run(
                 while let Ok(note) = notes.try_recv() {
                     writeln!(out, "\n{note}\n")?;
                 }
+                if let (Some(link), Some((from, length))) = (&outage_link, opts.outage) {
+                    let t = started.elapsed();
+                    if link.is_up() && t >= from && t < from + length {
+                        link.cut();
+                        writeln!(out, "\n>>> gateway-1: uplink cut for {length:?} (simulated outage); its readings pile up in its buffer\n")?;
+                    } else if !link.is_up() && t >= from + length {
+                        link.restore();
+                        writeln!(out, "\n>>> gateway-1: uplink restored; events first, live data next, then the backlog drains\n")?;
+                    }
+                }
             }
             _ = done => break,
             _ = shutdown.cancelled() => break,
@@ -186,6 +219,9 @@ pub async fn run(
 
     // Orderly stop: sources first, then let every backlog drain so the totals can be compared.
     writeln!(out, "\nstopping: sources off, draining the gateways' buffers...")?;
+    if let Some(link) = &outage_link {
+        link.restore();
+    }
     for (_, a) in &agents {
         a.stop_sources();
     }
@@ -393,6 +429,12 @@ fn totals(id: &str, agent: &edgeloop_agent::Agent, collector: &edgeloop_collecto
     GatewayTotals { produced: s.produced, accepted: s.accepted, acked: s.acked, stored }
 }
 
+fn age(ts_ns: Option<i64>) -> String {
+    let Some(ts) = ts_ns else { return "-".into() };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    format!("{:.0}s ago", (now - ts).max(0) as f64 / 1e9)
+}
+
 fn report(
     out: &mut (dyn Write + Send),
     elapsed: Duration,
@@ -422,7 +464,11 @@ fn report(
             s.acked,
             s.backlog,
             t.stored,
-            if s.uplink_connected { "up" } else { "down" }
+            match (s.uplink_connected, s.catching_up) {
+                (false, _) => "down".to_string(),
+                (true, true) => format!("catching up (oldest unsent {})", age(a.oldest_unsent_ns())),
+                (true, false) => "up".to_string(),
+            }
         )?;
     }
     out.flush()

@@ -37,6 +37,9 @@ enum Command {
         influx_url: Option<String>,
         #[arg(long, default_value = "edgeloop")]
         influx_db: String,
+        /// Do not cut gateway-1's uplink (by default it is down from 8 s to 20 s).
+        #[arg(long)]
+        no_outage: bool,
     },
 }
 
@@ -47,7 +50,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,rumqttd=off,edgeloop_agent::rules=error".into()),
         )
         .init();
-    let Cli { command: Command::Demo { gateways, period, report_every, duration, influx_url, influx_db } } =
+    let Cli { command: Command::Demo { gateways, period, report_every, duration, influx_url, influx_db, no_outage } } =
         Cli::parse();
     let opts = DemoOptions {
         gateways: gateways.max(1),
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         duration: duration.map(|d| d.0),
         influx_url,
         influx_db,
+        outage: (!no_outage).then_some((Duration::from_secs(8), Duration::from_secs(12))),
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

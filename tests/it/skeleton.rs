@@ -240,6 +240,7 @@ async fn the_demo_stores_every_reading_it_produces() {
         duration: Some(Duration::from_secs(3)),
         influx_url: None,
         influx_db: "edgeloop".into(),
+        outage: Some((Duration::from_secs(1), Duration::from_secs(1))),
     };
     let mut out = Vec::new();
     let totals = edgeloop::run(opts, &mut out, CancellationToken::new()).await.unwrap();
@@ -250,4 +251,5 @@ async fn the_demo_stores_every_reading_it_produces() {
         assert_eq!((t.accepted, t.acked, t.stored), (t.produced, t.produced, t.produced), "{text}");
     }
     assert!(text.contains("stored exactly once"), "{text}");
+    assert!(text.contains("gateway-1: uplink cut") && text.contains("gateway-1: uplink restored"), "{text}");
 }
