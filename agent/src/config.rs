@@ -210,6 +210,9 @@ pub struct SerialConfig {
     pub reopen_min: HumanDuration,
     #[serde(default = "default_reopen_max")]
     pub reopen_max: HumanDuration,
+    /// Send the node a heartbeat (`Ping`) this often, so a node configured to trip when the
+    /// gateway goes silent stays enabled while the agent runs. Off when absent.
+    pub heartbeat: Option<HumanDuration>,
 }
 
 /// MQTT sensors: the gateway's own embedded broker (default) or the site's broker.
@@ -437,6 +440,9 @@ impl AgentConfig {
                         if let Err(e) = edgeloop_shared::id::validate(name) {
                             problem(&key("channels"), format!("channel {number} name {name:?}: {e}"));
                         }
+                    }
+                    if c.heartbeat.is_some_and(|h| h.0 < Duration::from_millis(10)) {
+                        problem(&key("heartbeat"), "must be at least 10ms (it is a liveness signal, not data)".into());
                     }
                     if c.reopen_min.0.is_zero() || c.reopen_min > c.reopen_max {
                         problem(&key("reopen_min"), "must be above zero and not above reopen_max".into());

@@ -232,7 +232,19 @@ async fn the_simulated_node_reports_to_influxdb_and_the_agents_trip_opens_its_re
     let cable = NullModem::new();
     let mut node = NodeSim::start(
         &cable.node_side,
-        &["--temp-start", "25", "--temp-ramp", "10", "--temp-period", "100ms", "--heartbeat-period", "500ms"],
+        &[
+            "--temp-start",
+            "25",
+            "--temp-ramp",
+            "10",
+            "--temp-period",
+            "100ms",
+            "--heartbeat-period",
+            "500ms",
+            // The node trips by itself if the gateway's heartbeat stops for 600 ms.
+            "--heartbeat-timeout",
+            "600ms",
+        ],
     );
     node.wait_for_relay("relay=open cause=power-on", Duration::from_secs(20)).await;
 
@@ -244,7 +256,7 @@ async fn the_simulated_node_reports_to_influxdb_and_the_agents_trip_opens_its_re
         "[agent]\nid = \"gw-node-sim\"\ndata_dir = \"{}\"\nrules = \"{}\"\n\n\
          [uplink]\nhost = \"127.0.0.1\"\nport = {}\nack_timeout = \"3s\"\n\n\
          [sources.node]\nkind = \"serial\"\npath = \"{}\"\nbaud = 115200\nprefix = \"press-9\"\n\
-         channels = {{ 3 = \"temperature\" }}\nperiod = \"100ms\"\nreopen_min = \"20ms\"\nreopen_max = \"200ms\"\n",
+         channels = {{ 3 = \"temperature\" }}\nperiod = \"100ms\"\nheartbeat = \"100ms\"\nreopen_min = \"20ms\"\nreopen_max = \"200ms\"\n",
         dir.path().join("agent").display(),
         rules_path.display(),
         collector.broker_addr().unwrap().port(),
@@ -283,6 +295,12 @@ async fn the_simulated_node_reports_to_influxdb_and_the_agents_trip_opens_its_re
     let rule = edgeloop_agent::actions::wire_rule_id("press-9-overtemp");
     let opened = node.wait_for_relay("relay=open cause=commanded", Duration::from_secs(20)).await;
     assert_eq!(opened, format!("relay=open cause=commanded rule={rule}"));
+    // Heating from 25 to 40 °C took about 1.5 s, over twice the node's heartbeat timeout: the
+    // agent's heartbeat kept the machine enabled until its own rule stopped it.
+    let lines = node.stdout.lock().unwrap().clone();
+    let first_open_after_start =
+        lines.iter().skip_while(|l| !l.starts_with("relay=closed")).find(|l| l.starts_with("relay=open"));
+    assert_eq!(first_open_after_start, Some(&opened), "{lines:?}");
     assert_eq!(agent.latched(), ["press-9-overtemp"]);
 
     // The trip is stored with the readings that led to it.

@@ -149,7 +149,8 @@ pub async fn run(ctx: SourceContext, cfg: SerialConfig, mut commands: mpsc::Rece
         ctx.counters.up.store(true, Relaxed);
         ctx.counters.opens.fetch_add(1, Relaxed);
         tracing::info!(source = %ctx.id, port, baud = cfg.baud, "serial port open");
-        let keep_going = serve(&ctx, &port, &names, stream, &mut commands, &mut bad).await;
+        let heartbeat = cfg.heartbeat.map(|d| d.0);
+        let keep_going = serve(&ctx, &port, &names, stream, &mut commands, &mut bad, heartbeat).await;
         ctx.counters.up.store(false, Relaxed);
         if !keep_going {
             return;
@@ -194,14 +195,32 @@ async fn serve(
     mut stream: tokio_serial::SerialStream,
     commands: &mut mpsc::Receiver<GatewayMessage>,
     bad: &mut BadFrames,
+    heartbeat: Option<std::time::Duration>,
 ) -> bool {
     let mut decoder = FrameDecoder::<MAX_WIRE_FRAME>::new();
     let mut buf = [0u8; 4096];
     let mut out = [0u8; MAX_WIRE_FRAME];
     let mut frames = Vec::new();
     let mut commands_open = true;
+    // The heartbeat: a Ping every interval (never when unset: the branch below stays disabled).
+    let every = heartbeat.unwrap_or(std::time::Duration::from_secs(3600));
+    let mut beat = tokio::time::interval(every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beat_seq = 0u32;
     loop {
         tokio::select! {
+            _ = beat.tick(), if heartbeat.is_some() => {
+                beat_seq = beat_seq.wrapping_add(1);
+                match frame::encode(&GatewayMessage::Ping { seq: beat_seq }, &mut out) {
+                    Ok(len) => {
+                        if let Err(e) = stream.write_all(&out[..len]).await {
+                            tracing::warn!(source = %ctx.id, port, error = %e, "cannot write the heartbeat; reopening the port");
+                            return true;
+                        }
+                    }
+                    Err(e) => tracing::error!(source = %ctx.id, port, error = %e, "cannot encode the heartbeat"),
+                }
+            }
             read = AsyncReadExt::read(&mut stream, &mut buf) => {
                 let n = match read {
                     Ok(0) => return true, // hang-up: the device is gone
