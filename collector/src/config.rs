@@ -40,6 +40,10 @@ pub struct ExternalBroker {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Consume through the shared subscription `$share/<group>/edgeloop/v1/+/telemetry`, so the
+    /// collectors of one group split the agents' batches between them (each batch goes to one).
+    /// Give every collector of the group its own `ingest.client_id`.
+    pub shared_group: Option<String>,
 }
 
 fn default_mqtt_port() -> u16 {
@@ -182,6 +186,12 @@ impl CollectorConfig {
             && b.max_payload.0 < 1024
         {
             problem("broker.max_payload", "must be at least 1KiB".into());
+        }
+        if let BrokerConfig::External(b) = &self.broker
+            && let Some(group) = &b.shared_group
+            && (group.is_empty() || group.contains(['/', '+', '#']))
+        {
+            problem("broker.shared_group", format!("{group:?} must be a non-empty name without '/', '+' or '#'"));
         }
         if self.ingest.max_in_flight == 0 {
             problem("ingest.max_in_flight", "must be at least 1".into());

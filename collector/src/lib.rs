@@ -90,6 +90,10 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
     let stats = Arc::new(CollectorStats::default());
     let tasks = TaskTracker::new();
     let ing = &config.ingest;
+    let shared_group = match &config.broker {
+        BrokerConfig::External(cfg) => cfg.shared_group.clone(),
+        BrokerConfig::Embedded(_) => None,
+    };
     let (broker, host, port, username, password) = match &config.broker {
         BrokerConfig::Embedded(cfg) => {
             let internal = (!cfg.users.is_empty()).then(|| (format!("{}-internal", ing.client_id), random_secret()));
@@ -106,6 +110,7 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
         username,
         password,
         client_id: ing.client_id.clone(),
+        shared_group,
         max_in_flight: ing.max_in_flight,
         dedup_window: ing.dedup_window,
         retry_min: ing.retry_min.0,

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod buffer;
+mod fleet;
 mod gateway;
 mod harness;
 mod node_sim;

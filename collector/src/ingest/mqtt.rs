@@ -35,6 +35,8 @@ pub struct IngestSettings {
     pub username: Option<String>,
     pub password: Option<String>,
     pub client_id: String,
+    /// Consume through `$share/<group>/...` (several collectors split the load).
+    pub shared_group: Option<String>,
     pub max_in_flight: u16,
     pub dedup_window: usize,
     pub retry_min: Duration,
@@ -59,7 +61,11 @@ pub async fn run(
 ) {
     let mut opts = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
     opts.set_keep_alive(Duration::from_secs(15))
-        .set_clean_session(false)
+        // A persistent session lets the broker queue batches while this collector restarts. Not
+        // in a shared group: there a dead member's session would keep taking its share of the
+        // batches into a queue nobody reads until it expires; with a clean session the broker
+        // drops the member at once and the agents' re-sends go to the survivors.
+        .set_clean_session(settings.shared_group.is_some())
         .set_manual_acks(true)
         .set_inflight(settings.max_in_flight.max(1))
         .set_max_packet_size(64 << 20, 1 << 20);
@@ -77,7 +83,10 @@ pub async fn run(
     let poll_client = client.clone();
     let poll_shutdown = shutdown.clone();
     let mut backoff = Backoff::seeded(settings.retry_min, settings.retry_max);
-    let filter = topic::all_agents(Channel::Telemetry);
+    let filter = match &settings.shared_group {
+        Some(group) => format!("$share/{group}/{}", topic::all_agents(Channel::Telemetry)),
+        None => topic::all_agents(Channel::Telemetry),
+    };
     let poller = tokio::spawn(async move {
         loop {
             let event = tokio::select! {

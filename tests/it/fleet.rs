@@ -1,0 +1,90 @@
+//! Collectors at fleet scale: several collectors share the agents' batches through an MQTT
+//! shared subscription on a real Mosquitto; one is killed mid-stream and the survivor takes over.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use edgeloop_agent::config::SimulatedConfig;
+use edgeloop_shared::units::HumanDuration;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{self, influxdb::Influx1, mosquitto::Mosquitto};
+
+/// Two `edgeloop-collector` binaries in the shared-subscription group `collectors` on Mosquitto,
+/// three agents sending 2,000 readings/s each. Collector A is SIGKILLed once readings flow:
+/// whatever it held un-acked is re-sent by the agents after their ack timeout and lands on B.
+/// InfluxDB ends with every reading exactly once, and all three backlogs drain through B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_collectors_share_the_fleet_and_the_survivor_takes_over() {
+    harness::init_tracing();
+    let mosquitto = Mosquitto::start().await;
+    let influx = Influx1::start("edgeloop").await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = harness::binary("edgeloop-collector");
+    let spawn = |name: &str| -> Child {
+        let config = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {}\nshared_group = \"collectors\"\n\n\
+                 [ingest]\nclient_id = \"{name}\"\nretry_max = \"1s\"\n\n\
+                 [store]\nkind = \"influx_v1\"\nurl = \"{}\"\ndatabase = \"edgeloop\"\n",
+                mosquitto.port, influx.url
+            ),
+        )
+        .unwrap();
+        Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = spawn("collector-a");
+    let mut b = spawn("collector-b");
+
+    let total = 16_000;
+    let stop = CancellationToken::new();
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        let sim =
+            SimulatedConfig { period: HumanDuration(Duration::from_millis(1)), realtime: true, limit: Some(total) };
+        let id = format!("gw-fleet-{i}");
+        let cfg = harness::agent_config(&id, &dir.path().join(&id), ([127, 0, 0, 1], mosquitto.port).into(), sim);
+        agents.push(edgeloop_agent::start(&cfg, stop.clone()).await.unwrap());
+    }
+
+    harness::wait_for("readings flowing", Duration::from_secs(60), || async {
+        (influx.count("edgeloop", "readings", "value").await >= 6_000).then_some(())
+    })
+    .await;
+    a.kill().unwrap(); // SIGKILL, mid-stream
+    a.wait().unwrap();
+    let at_kill = influx.count("edgeloop", "readings", "value").await;
+    assert!(at_kill < 3 * total, "the kill must land mid-stream ({at_kill} stored)");
+
+    harness::wait_for("every backlog drained through the survivor", Duration::from_secs(120), || async {
+        agents
+            .iter()
+            .all(|a| {
+                let s = a.stats.snapshot();
+                s.acked == total && s.backlog == 0
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(influx.count("edgeloop", "readings", "value").await, 3 * total);
+    let per_agent = influx.query("edgeloop", "SELECT count(value) FROM readings GROUP BY agent").await;
+    for series in per_agent["results"][0]["series"].as_array().unwrap() {
+        assert_eq!(series["values"][0][1].as_u64(), Some(total), "{series}");
+    }
+    stop.cancel();
+    for a in &agents {
+        a.wait().await;
+    }
+    b.kill().unwrap();
+    b.wait().unwrap();
+}
