@@ -88,3 +88,52 @@ async fn two_collectors_share_the_fleet_and_the_survivor_takes_over() {
     b.kill().unwrap();
     b.wait().unwrap();
 }
+
+/// InfluxDB is killed for a while mid-stream: the collector keeps retrying and stops acking, the
+/// agent keeps its batches, and once InfluxDB is back every reading is stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn influxdb_down_mid_stream_loses_nothing_and_acks_resume() {
+    harness::init_tracing();
+    let mut influx = Influx1::start("edgeloop").await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = edgeloop_collector::config::StoreConfig::InfluxV1(edgeloop_collector::config::InfluxV1Config {
+        url: influx.url.clone(),
+        database: "edgeloop".into(),
+        retention_policy: None,
+        username: None,
+        password: None,
+        measurement: "readings".into(),
+        events_measurement: "events".into(),
+        timeout: HumanDuration(Duration::from_secs(2)),
+    });
+    let mut config = harness::collector_config(([127, 0, 0, 1], 0).into(), store);
+    config.ingest.retry_max = HumanDuration(Duration::from_millis(500));
+    let stop = CancellationToken::new();
+    let collector = edgeloop_collector::start(&config, stop.clone()).await.unwrap();
+    let total = 12_000;
+    let sim = SimulatedConfig { period: HumanDuration(Duration::from_millis(1)), realtime: true, limit: Some(total) };
+    let cfg = harness::agent_config("gw-dbdown", dir.path(), collector.broker_addr().unwrap(), sim);
+    let agent = edgeloop_agent::start(&cfg, stop.clone()).await.unwrap();
+
+    harness::wait_for("readings flowing", Duration::from_secs(60), || async {
+        (influx.count("edgeloop", "readings", "value").await >= 2_000).then_some(())
+    })
+    .await;
+    influx.kill();
+    // With the database gone nothing more is acknowledged: the backlog grows in the agent.
+    let acked_at_kill = agent.stats.snapshot().acked;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = agent.stats.snapshot();
+    assert!(s.acked <= acked_at_kill + 2_000, "at most the batch in the write when it died: {s:?}");
+    assert!(s.backlog > 2_000, "the agent keeps what is not stored: {s:?}");
+
+    influx.restart().await;
+    harness::wait_for("every reading acknowledged once InfluxDB is back", Duration::from_secs(120), || async {
+        let s = agent.stats.snapshot();
+        (s.acked == total && s.backlog == 0).then_some(())
+    })
+    .await;
+    assert_eq!(influx.count("edgeloop", "readings", "value").await, total);
+    stop.cancel();
+    agent.wait().await;
+}

@@ -38,24 +38,33 @@ bind-address = "127.0.0.1:{rpc_port}"
         );
         let config_path = dir.path().join("influxdb.conf");
         std::fs::write(&config_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("influxd.log")).unwrap();
-        let child = Command::new("influxd")
-            .arg("-config")
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("influxd not found: install Debian's `influxdb` package (scripts/test does)");
+        let child = spawn(dir.path());
         let url = format!("http://127.0.0.1:{http_port}");
         let http = reqwest::Client::new();
         let influx = Self { url, child, _dir: dir, http };
+        influx.wait_ready().await;
+        influx.query(db, &format!("CREATE DATABASE \"{db}\"")).await;
+        influx
+    }
+
+    async fn wait_ready(&self) {
         super::wait_for("influxd to answer /ping", Duration::from_secs(30), || async {
-            let r = influx.http.get(format!("{}/ping", influx.url)).send().await.ok()?;
+            let r = self.http.get(format!("{}/ping", self.url)).send().await.ok()?;
             (r.status().as_u16() == 204).then_some(())
         })
         .await;
-        influx.query(db, &format!("CREATE DATABASE \"{db}\"")).await;
-        influx
+    }
+
+    /// Kills the server (SIGKILL); its data stays for [`Influx1::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same ports and data.
+    pub async fn restart(&mut self) {
+        self.child = spawn(self._dir.path());
+        self.wait_ready().await;
     }
 
     /// Runs an InfluxQL statement and returns the JSON answer.
@@ -77,4 +86,15 @@ impl Drop for Influx1 {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn(dir: &std::path::Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("influxd.log")).unwrap();
+    Command::new("influxd")
+        .arg("-config")
+        .arg(dir.join("influxdb.conf"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("influxd not found: install Debian's `influxdb` package (scripts/test does)")
 }
