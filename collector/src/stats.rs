@@ -24,6 +24,8 @@ pub struct CollectorStats {
     pub spoofed: AtomicU64,
     /// Batches the database refused for good.
     pub rejected: AtomicU64,
+    /// Single points the database refused (isolated; the rest of their batch was stored).
+    pub points_rejected: AtomicU64,
     /// Failed write attempts that were retried.
     pub write_retries: AtomicU64,
     per_agent: Mutex<HashMap<String, AgentIngest>>,

@@ -137,3 +137,91 @@ async fn influxdb_down_mid_stream_loses_nothing_and_acks_resume() {
     stop.cancel();
     agent.wait().await;
 }
+
+/// One point of a batch that InfluxDB refuses (a field type conflict on an event's field) is
+/// isolated and reported with its agent and sensor; the rest of the batch is stored and acked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_point_the_database_refuses_is_isolated_and_the_rest_stored() {
+    use edgeloop_shared::{
+        batch::Batch,
+        model::{Ack, AckStatus, Event, EventKind, Reading, Severity, from_wire},
+        topic::{Channel, topic},
+    };
+    use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+    use std::sync::atomic::Ordering::Relaxed;
+
+    harness::init_tracing();
+    let influx = Influx1::start("edgeloop").await;
+    // `skew_ms` already exists in `events` as a string: an integer `skew_ms` is a type conflict.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/write?db=edgeloop", influx.url))
+        .body("events,agent=someone,subject=x,kind=clock_skew,severity=warning skew_ms=\"legacy\" 1000\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    let store = edgeloop_collector::config::StoreConfig::InfluxV1(edgeloop_collector::config::InfluxV1Config {
+        url: influx.url.clone(),
+        database: "edgeloop".into(),
+        retention_policy: None,
+        username: None,
+        password: None,
+        measurement: "readings".into(),
+        events_measurement: "events".into(),
+        timeout: HumanDuration(Duration::from_secs(10)),
+    });
+    let collector = edgeloop_collector::start(
+        &harness::collector_config(([127, 0, 0, 1], 0).into(), store),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let broker = collector.broker_addr().unwrap();
+
+    let mut opts = MqttOptions::new("gw-conflict", broker.ip().to_string(), broker.port());
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    client.subscribe(topic("gw-conflict", Channel::Ack), QoS::AtLeastOnce).await.unwrap();
+    let readings: Vec<Reading> = (0..100)
+        .map(|i| Reading {
+            sensor: if i % 2 == 0 { "temp".into() } else { "vib".into() },
+            ts_ns: 10_000 + i,
+            value: 20.5,
+        })
+        .collect();
+    let mut batch = Batch::from_readings("gw-conflict", 1, &readings);
+    let event = |kind, subject: &str| Event {
+        ts_ns: 20_000,
+        kind,
+        severity: Severity::Warning,
+        subject: subject.into(),
+        message: "m".into(),
+        values: vec![],
+    };
+    batch.events.push(event(EventKind::ClockSkew { skew_ms: 7_000 }, "node.temp"));
+    batch.events.push(event(EventKind::SensorStale, "vib"));
+    client
+        .publish(topic("gw-conflict", Channel::Telemetry), QoS::AtLeastOnce, false, batch.encode().unwrap())
+        .await
+        .unwrap();
+
+    let ack = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let MqttEvent::Incoming(Packet::Publish(p)) = events.poll().await.unwrap() {
+                break from_wire::<Ack>(&p.payload).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("the batch is acknowledged");
+    assert_eq!(ack, Ack { seq: 1, status: AckStatus::Stored { points: 100 } });
+    assert_eq!(collector.stats.points_rejected.load(Relaxed), 1, "only the conflicting event line");
+    assert_eq!(collector.stats.rejected.load(Relaxed), 0, "the batch itself is not refused");
+    assert_eq!(influx.count("edgeloop", "readings", "value").await, 100);
+    let stale = influx.query("edgeloop", "SELECT count(message) FROM events WHERE agent = 'gw-conflict'").await;
+    assert_eq!(
+        stale["results"][0]["series"][0]["values"][0][1].as_u64(),
+        Some(1),
+        "the other event is stored: {stale}"
+    );
+}

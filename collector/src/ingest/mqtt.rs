@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::dedup::Dedup;
+use crate::store::line_protocol;
 use crate::{
     stats::CollectorStats,
     store::{Store, StoreError},
@@ -188,11 +189,22 @@ async fn handle(
     }
     loop {
         match store.write(&batch).await {
-            Ok(()) => {
+            Ok(written) => {
                 retry.reset();
                 dedup.record(agent, batch.seq);
-                stats.stored(agent, batch.seq, points as u64);
-                return ack(AckStatus::Stored { points });
+                // Readings carry a `sensor` tag, events a `subject`.
+                let refused =
+                    written.rejected.iter().filter(|(l, _)| line_protocol::tag_of(l, "sensor").is_some()).count()
+                        as u32;
+                for (line, reason) in &written.rejected {
+                    let sensor = line_protocol::tag_of(line, "sensor")
+                        .or_else(|| line_protocol::tag_of(line, "subject"))
+                        .unwrap_or("-");
+                    tracing::error!(agent, sensor, seq = batch.seq, %reason, line = %line.chars().take(200).collect::<String>(), "database refused a point; the rest of the batch is stored");
+                }
+                stats.points_rejected.fetch_add(written.rejected.len() as u64, Relaxed);
+                stats.stored(agent, batch.seq, u64::from(points.saturating_sub(refused)));
+                return ack(AckStatus::Stored { points: points.saturating_sub(refused) });
             }
             Err(StoreError::Rejected(reason)) => {
                 stats.rejected.fetch_add(1, Relaxed);

@@ -14,7 +14,7 @@ use std::time::Duration;
 use edgeloop_shared::batch::Batch;
 use reqwest::{StatusCode, header::RETRY_AFTER};
 
-use super::{StoreError, line_protocol};
+use super::{StoreError, Written, line_protocol};
 use crate::config::{InfluxV1Config, InfluxV2Config};
 
 pub struct InfluxStore {
@@ -77,12 +77,48 @@ impl InfluxStore {
         })
     }
 
-    pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// Writes the batch. When the database refuses it as bad data (400, 413, 422), the lines are
+    /// halved and written again until each refused line stands alone: one bad point (a field
+    /// type conflict, say) costs its own line, not the batch, at log2(lines) extra requests.
+    pub async fn write(&self, batch: &Batch) -> Result<Written, StoreError> {
         let mut body = String::with_capacity(batch.point_count() * 64);
         line_protocol::encode_batch(&mut body, &self.measurement, &self.events_measurement, batch);
         if body.is_empty() {
-            return Ok(());
+            return Ok(Written::default());
         }
+        let first = match self.post(body.clone()).await {
+            Ok(()) => return Ok(Written::default()),
+            Err(StoreError::Rejected(reason)) => reason,
+            Err(e) => return Err(e),
+        };
+        let lines: Vec<&str> = body.lines().collect();
+        let mut rejected = Vec::new();
+        // Ranges known to hold at least one refused line.
+        let mut suspect = vec![(0, lines.len())];
+        while let Some((lo, hi)) = suspect.pop() {
+            if hi - lo == 1 {
+                rejected.push((lines[lo].to_owned(), first.clone()));
+                continue;
+            }
+            let mid = lo + (hi - lo) / 2;
+            for (a, b) in [(lo, mid), (mid, hi)] {
+                let mut part = lines[a..b].join("\n");
+                part.push('\n');
+                match self.post(part).await {
+                    Ok(()) => {}
+                    Err(StoreError::Rejected(reason)) if b - a == 1 => rejected.push((lines[a].to_owned(), reason)),
+                    Err(StoreError::Rejected(_)) => suspect.push((a, b)),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if rejected.len() == lines.len() {
+            return Err(StoreError::Rejected(first));
+        }
+        Ok(Written { rejected })
+    }
+
+    async fn post(&self, body: String) -> Result<(), StoreError> {
         let mut req = self.http.post(&self.url).query(&self.query).body(body);
         req = match &self.auth {
             Auth::None => req,

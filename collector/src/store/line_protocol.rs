@@ -64,6 +64,41 @@ pub fn encode_batch(out: &mut String, measurement: &str, events_measurement: &st
     }
 }
 
+/// The value of tag `key` in a line this module wrote (as written, escapes left in), to name the
+/// agent and sensor of a refused point.
+pub fn tag_of<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    // The series key ends at the first space not escaped by a backslash.
+    let mut end = line.len();
+    let mut escaped = false;
+    for (i, c) in line.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            ' ' if !escaped => {
+                end = i;
+                break;
+            }
+            _ => escaped = false,
+        }
+    }
+    let series = &line[..end];
+    let needle = format!(",{key}=");
+    let start = series.find(&needle)? + needle.len();
+    let rest = &series[start..];
+    let mut stop = rest.len();
+    let mut escaped = false;
+    for (i, c) in rest.char_indices() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            ',' if !escaped => {
+                stop = i;
+                break;
+            }
+            _ => escaped = false,
+        }
+    }
+    Some(&rest[..stop])
+}
+
 fn push_tags(out: &mut String, tags: &[(String, String)]) {
     for (k, v) in tags {
         out.push(',');
@@ -150,5 +185,14 @@ mod tests {
         };
         encode_batch(&mut out, "m", "e", &batch);
         assert_eq!(out, "m,agent=a,sensor=s value=1e300 1\nm,agent=a,sensor=s value=-1e-300 2\n");
+    }
+
+    #[test]
+    fn tags_are_read_back_from_a_line() {
+        let line = r"readings,agent=gw-1,sensor=press-3.temp,site=plant\ a value=1.5 1700";
+        assert_eq!(tag_of(line, "sensor"), Some("press-3.temp"));
+        assert_eq!(tag_of(line, "site"), Some(r"plant\ a"));
+        assert_eq!(tag_of(line, "agent"), Some("gw-1"));
+        assert_eq!(tag_of(line, "value"), None, "fields are not tags");
     }
 }

@@ -26,6 +26,13 @@ pub enum StoreError {
     Setup(String),
 }
 
+/// What a write left out: lines the database refused one by one, the rest of the batch stored.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Each refused line (as sent) with the database's reason.
+    pub rejected: Vec<(String, String)>,
+}
+
 pub enum Store {
     Influx(influx::InfluxStore),
     Local(local::LocalStore),
@@ -40,11 +47,12 @@ impl Store {
         })
     }
 
-    /// Writes every point and event of `batch`. Idempotent: writing a batch twice stores it once.
-    pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// Writes every point and event of `batch`, except points the database refuses on their own
+    /// (returned). Idempotent: writing a batch twice stores it once.
+    pub async fn write(&self, batch: &Batch) -> Result<Written, StoreError> {
         match self {
             Store::Influx(s) => s.write(batch).await,
-            Store::Local(s) => s.write(batch).await,
+            Store::Local(s) => s.write(batch).await.map(|()| Written::default()),
         }
     }
 
