@@ -11,7 +11,7 @@ use edgeloop_agent::{
     buffer::{Buffer, BufferSettings, Totals, WhenFull},
     config::{CatchUp, SimulatedConfig},
 };
-use edgeloop_collector::config::{InfluxV1Config, StoreConfig};
+use edgeloop_collector::config::StoreConfig;
 use edgeloop_shared::{
     batch::Batch,
     topic::{Channel, topic},
@@ -23,16 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::harness::{self, influxdb::Influx1};
 
 fn v1(url: &str) -> StoreConfig {
-    StoreConfig::InfluxV1(InfluxV1Config {
-        url: url.into(),
-        database: "edgeloop".into(),
-        retention_policy: None,
-        username: None,
-        password: None,
-        measurement: "readings".into(),
-        events_measurement: "events".into(),
-        timeout: HumanDuration(Duration::from_secs(10)),
-    })
+    crate::harness::influxdb::v1_store(url)
 }
 
 /// The buffer's totals, read from its file once the agent has stopped.

@@ -96,16 +96,7 @@ async fn influxdb_down_mid_stream_loses_nothing_and_acks_resume() {
     harness::init_tracing();
     let mut influx = Influx1::start("edgeloop").await;
     let dir = tempfile::tempdir().unwrap();
-    let store = edgeloop_collector::config::StoreConfig::InfluxV1(edgeloop_collector::config::InfluxV1Config {
-        url: influx.url.clone(),
-        database: "edgeloop".into(),
-        retention_policy: None,
-        username: None,
-        password: None,
-        measurement: "readings".into(),
-        events_measurement: "events".into(),
-        timeout: HumanDuration(Duration::from_secs(2)),
-    });
+    let store = harness::influxdb::v1_store(&influx.url);
     let mut config = harness::collector_config(([127, 0, 0, 1], 0).into(), store);
     config.ingest.retry_max = HumanDuration(Duration::from_millis(500));
     let stop = CancellationToken::new();
@@ -160,16 +151,7 @@ async fn a_point_the_database_refuses_is_isolated_and_the_rest_stored() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 204);
-    let store = edgeloop_collector::config::StoreConfig::InfluxV1(edgeloop_collector::config::InfluxV1Config {
-        url: influx.url.clone(),
-        database: "edgeloop".into(),
-        retention_policy: None,
-        username: None,
-        password: None,
-        measurement: "readings".into(),
-        events_measurement: "events".into(),
-        timeout: HumanDuration(Duration::from_secs(10)),
-    });
+    let store = harness::influxdb::v1_store(&influx.url);
     let collector = edgeloop_collector::start(
         &harness::collector_config(([127, 0, 0, 1], 0).into(), store),
         CancellationToken::new(),

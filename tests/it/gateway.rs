@@ -11,8 +11,7 @@ use std::{
     time::Duration,
 };
 
-use edgeloop_collector::config::{BrokerConfig, InfluxV1Config, StoreConfig};
-use edgeloop_shared::units::HumanDuration;
+use edgeloop_collector::config::BrokerConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::harness::{self, influxdb::Influx1, tls::TestPki};
@@ -27,19 +26,8 @@ async fn the_aarch64_agent_under_qemu_forwards_over_tls_into_influxdb() {
     let influx = Influx1::start("edgeloop").await;
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::create(dir.path());
-    let mut config = harness::collector_config(
-        ([127, 0, 0, 1], 0).into(),
-        StoreConfig::InfluxV1(InfluxV1Config {
-            url: influx.url.clone(),
-            database: "edgeloop".into(),
-            retention_policy: None,
-            username: None,
-            password: None,
-            measurement: "readings".into(),
-            events_measurement: "events".into(),
-            timeout: HumanDuration(Duration::from_secs(10)),
-        }),
-    );
+    let mut config =
+        harness::collector_config(([127, 0, 0, 1], 0).into(), crate::harness::influxdb::v1_store(&influx.url));
     let BrokerConfig::Embedded(broker) = &mut config.broker else { unreachable!() };
     broker.tls = Some(edgeloop_shared::broker::BrokerTls { cert: pki.cert.clone(), key: pki.key.clone() });
     broker.users = [("gw-arm".to_string(), "arm-secret".to_string())].into();

@@ -98,3 +98,18 @@ fn spawn(dir: &std::path::Path) -> Child {
         .spawn()
         .expect("influxd not found: install Debian's `influxdb` package (scripts/test does)")
 }
+
+/// The collector's store config for this server's v1 API: database `edgeloop`, measurements
+/// `readings` and `events`.
+pub fn v1_store(url: &str) -> edgeloop_collector::config::StoreConfig {
+    edgeloop_collector::config::StoreConfig::InfluxV1(edgeloop_collector::config::InfluxV1Config {
+        url: url.into(),
+        database: "edgeloop".into(),
+        retention_policy: None,
+        username: None,
+        password: None,
+        measurement: "readings".into(),
+        events_measurement: "events".into(),
+        timeout: edgeloop_shared::units::HumanDuration(Duration::from_secs(10)),
+    })
+}
