@@ -334,13 +334,6 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         catch_up: u.catch_up,
     };
     let buffer_view = buffer.clone();
-    let (st, sd) = (stats.clone(), shutdown.clone());
-    tasks.spawn(async move {
-        if let Err(e) = forwarder::run(uplink, buffer, committed_rx, st, sd.clone()).await {
-            tracing::error!(error = %e, "forwarder failed; stopping the agent");
-            sd.cancel();
-        }
-    });
     let probe = metrics::Probe {
         agent: config.agent.id.clone(),
         stats: stats.clone(),
@@ -348,6 +341,17 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         sources: counters.clone(),
         health: health.clone(),
     };
+    let reporter: forwarder::mqtt::Reporter = {
+        let (probe, rules) = (probe.clone(), rules_handle.clone());
+        Arc::new(move || probe.report(rules.latched()))
+    };
+    let (st, sd) = (stats.clone(), shutdown.clone());
+    tasks.spawn(async move {
+        if let Err(e) = forwarder::run(uplink, buffer, committed_rx, st, reporter, sd.clone()).await {
+            tracing::error!(error = %e, "forwarder failed; stopping the agent");
+            sd.cancel();
+        }
+    });
     let metrics_addr = match &config.metrics {
         Some(m) => {
             let (listener, addr) = metrics::bind(m.listen)

@@ -1,22 +1,19 @@
 //! What the agent tells about itself: a JSON status and Prometheus metrics, served over plain
 //! HTTP on `[metrics] listen` (`GET /metrics`, `GET /status`).
 //!
-//! The server is deliberately tiny (one request per connection, GET only, 8 KiB of request
-//! head at most): it runs on the gateway beside the fast path and must not need a web stack.
+//! The server is `edgeloop_shared::http`: tiny on purpose, it runs on the gateway beside the
+//! fast path and must not need a web stack.
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     net::SocketAddr,
     sync::{Arc, Mutex, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
+use edgeloop_shared::http::{self, Exposition};
 use serde::Serialize;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
-};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -133,13 +130,31 @@ impl Probe {
         }
     }
 
+    /// The status report sent to the collector (the fleet registry).
+    pub fn report(&self, latched: Vec<String>) -> edgeloop_shared::model::AgentReport {
+        let status = self.status(latched);
+        edgeloop_shared::model::AgentReport {
+            version: status.version.into(),
+            sent_ns: crate::sources::now_ns(),
+            interval_ms: crate::forwarder::mqtt::REPORT_EVERY.as_millis() as u32,
+            stale_sensors: status.sensors.iter().filter(|s| s.stale).map(|s| s.sensor.clone()).collect(),
+            sensors: status.sensors.into_iter().map(|s| s.sensor).collect(),
+            backlog_readings: status.backlog_readings,
+            backlog_bytes: status.backlog_bytes,
+            oldest_unsent_ns: status.oldest_unsent_ns,
+            accepted_total: status.accepted_readings_total,
+            dropped_total: status.dropped_readings_total + status.refused_readings_total,
+            quarantined_total: status.quarantined_batches_total,
+            latched: status.latched,
+        }
+    }
+
     /// The Prometheus text exposition of the status and the per-source counters.
     pub fn prometheus(&self, status: &Status) -> String {
-        let mut out = String::with_capacity(4096);
-        let agent = &status.agent;
+        let mut e = Exposition::default();
+        let agent = [("agent", status.agent.as_str())];
         let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-            let _ = writeln!(out, "# HELP edgeloop_agent_{name} {help}\n# TYPE edgeloop_agent_{name} {kind}");
-            let _ = writeln!(out, "edgeloop_agent_{name}{{agent=\"{agent}\"}} {value}");
+            e.metric(&format!("edgeloop_agent_{name}"), kind, help, &agent, value);
         };
         let up = |state| f64::from(u8::from(status.uplink == state));
         metric("uplink_online", "gauge", "1 when the uplink is up (caught up or not)", 1.0 - up(UplinkState::Offline));
@@ -216,24 +231,21 @@ impl Probe {
             ("source_malformed_total", "Intact frames or payloads that make no reading", |c| c.malformed.load(Relaxed)),
         ];
         for (name, help, get) in per_source {
-            let _ = writeln!(out, "# HELP edgeloop_agent_{name} {help}\n# TYPE edgeloop_agent_{name} counter");
+            let name = format!("edgeloop_agent_{name}");
+            e.family(&name, "counter", help);
             for (id, c) in &self.sources {
-                let _ = writeln!(out, "edgeloop_agent_{name}{{agent=\"{agent}\",source=\"{id}\"}} {}", get(c));
+                e.sample(&name, &[("agent", &status.agent), ("source", id)], get(c) as f64);
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP edgeloop_agent_sensor_stale 1 when the sensor is stale\n# TYPE edgeloop_agent_sensor_stale gauge"
-        );
+        e.family("edgeloop_agent_sensor_stale", "gauge", "1 when the sensor is stale");
         for sensor in &status.sensors {
-            let _ = writeln!(
-                out,
-                "edgeloop_agent_sensor_stale{{agent=\"{agent}\",sensor=\"{}\"}} {}",
-                sensor.sensor,
-                u8::from(sensor.stale)
+            e.sample(
+                "edgeloop_agent_sensor_stale",
+                &[("agent", &status.agent), ("sensor", &sensor.sensor)],
+                f64::from(u8::from(sensor.stale)),
             );
         }
-        out
+        e.finish()
     }
 }
 
@@ -244,74 +256,19 @@ pub async fn serve(
     latched: impl Fn() -> Vec<String> + Send + Sync + 'static,
     shutdown: CancellationToken,
 ) {
-    let latched = Arc::new(latched);
-    loop {
-        let (mut stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics endpoint cannot accept");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
-        let (probe, latched) = (probe.clone(), latched.clone());
-        tokio::spawn(async move {
-            let answer = tokio::time::timeout(Duration::from_secs(5), async {
-                let path = read_request_path(&mut stream).await;
-                let (status, kind, body) = match path.as_deref() {
-                    Some("/metrics") => {
-                        let s = probe.status(latched());
-                        ("200 OK", "text/plain; version=0.0.4", probe.prometheus(&s))
-                    }
-                    Some("/status") => {
-                        let body = serde_json::to_string_pretty(&probe.status(latched())).unwrap_or_default();
-                        ("200 OK", "application/json", body)
-                    }
-                    Some(_) => ("404 Not Found", "text/plain", "try /metrics or /status\n".into()),
-                    None => ("400 Bad Request", "text/plain", "expected a GET request\n".into()),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                stream.write_all(head.as_bytes()).await?;
-                stream.write_all(body.as_bytes()).await?;
-                stream.shutdown().await
-            })
-            .await;
-            if let Ok(Err(e)) = answer {
-                tracing::debug!(%peer, error = %e, "metrics request failed");
-            }
-        });
-    }
-}
-
-/// Reads a request head (at most 8 KiB) and returns the path of a GET.
-async fn read_request_path(stream: &mut tokio::net::TcpStream) -> Option<String> {
-    let mut head = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 || head.len() + n > 8192 {
-            return None;
-        }
-        head.extend_from_slice(&chunk[..n]);
-    }
-    let line = head.split(|&b| b == b'\r').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split(' ');
-    match (parts.next(), parts.next()) {
-        (Some("GET"), Some(target)) => Some(target.split('?').next().unwrap_or(target).to_owned()),
+    let handle = move |path: &str| match path {
+        "/metrics" => Some(("200 OK", "text/plain; version=0.0.4", probe.prometheus(&probe.status(latched())))),
+        "/status" => Some((
+            "200 OK",
+            "application/json",
+            serde_json::to_string_pretty(&probe.status(latched())).unwrap_or_default(),
+        )),
         _ => None,
-    }
+    };
+    http::serve(listener, handle, shutdown.cancelled_owned()).await;
 }
 
 /// Binds the metrics endpoint (port 0 picks a free one).
 pub async fn bind(addr: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    Ok((listener, local))
+    http::bind(addr).await
 }

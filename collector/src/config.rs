@@ -14,6 +14,24 @@ pub struct CollectorConfig {
     #[serde(default)]
     pub ingest: IngestConfig,
     pub store: StoreConfig,
+    #[serde(default)]
+    pub fleet: FleetConfig,
+    /// `/metrics` (Prometheus) and `/fleet` (JSON); off when absent.
+    pub api: Option<ApiConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Where the fleet registry is saved (JSON), so a restart remembers every agent.
+    pub state_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// e.g. "0.0.0.0:9465"; port 0 picks a free one.
+    pub listen: std::net::SocketAddr,
 }
 
 /// The MQTT broker the agents publish to.

@@ -12,10 +12,14 @@
 //! - [`config`]: the TOML config, strict parsing and validation.
 //! - [`ingest`]: the MQTT consumer, its per-batch pipeline and the dedup window.
 //! - [`store`]: InfluxDB (both write APIs), the embedded local store, line protocol.
-//! - [`stats`]: the collector's counters.
+//! - [`fleet`]: the fleet registry (every agent's presence and last report, persisted).
+//! - [`metrics`]: Prometheus `/metrics` and `/fleet` (JSON).
+//! - [`stats`]: the collector's counters and histograms.
 
 pub mod config;
+pub mod fleet;
 pub mod ingest;
+pub mod metrics;
 pub mod stats;
 pub mod store;
 
@@ -40,11 +44,15 @@ pub enum StartError {
     Broker(#[from] BrokerError),
     #[error("the collector could not subscribe to its embedded broker within {0:?}")]
     NotConsuming(std::time::Duration),
+    #[error("cannot serve the API on {addr}: {error}")]
+    Api { addr: SocketAddr, error: String },
 }
 
 /// A running collector.
 pub struct Collector {
     pub stats: Arc<CollectorStats>,
+    pub fleet: Arc<fleet::Fleet>,
+    api_addr: Option<SocketAddr>,
     consuming: tokio::sync::watch::Receiver<bool>,
     pub store: Arc<Store>,
     broker: Option<BrokerHandle>,
@@ -56,6 +64,11 @@ impl Collector {
     /// The embedded broker's address, when the collector runs one.
     pub fn broker_addr(&self) -> Option<SocketAddr> {
         self.broker.as_ref().map(|b| b.addr)
+    }
+
+    /// Where `/metrics` and `/fleet` are served, when configured.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// Whether the ingest is subscribed and consuming right now.
@@ -73,6 +86,7 @@ impl Collector {
     pub async fn wait(&self) {
         self.tasks.close();
         self.tasks.wait().await;
+        self.fleet.save();
     }
 }
 
@@ -117,7 +131,19 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
         retry_max: ing.retry_max.0,
     };
     let (consuming_tx, mut consuming) = tokio::sync::watch::channel(false);
-    tasks.spawn(ingest::run(settings, store.clone(), stats.clone(), consuming_tx, shutdown.clone()));
+    let fleet = Arc::new(fleet::Fleet::load(config.fleet.state_file.clone()));
+    tasks.spawn(ingest::run(settings, store.clone(), stats.clone(), fleet.clone(), consuming_tx, shutdown.clone()));
+    let api_addr = match &config.api {
+        Some(api) => {
+            let (listener, addr) = edgeloop_shared::http::bind(api.listen)
+                .await
+                .map_err(|e| StartError::Api { addr: api.listen, error: e.to_string() })?;
+            tracing::info!(%addr, "metrics on http://{addr}/metrics, fleet on /fleet");
+            tasks.spawn(metrics::serve(listener, stats.clone(), fleet.clone(), shutdown.clone()));
+            Some(addr)
+        }
+        None => None,
+    };
     if broker.is_some() {
         // Our own broker is up: anything published before the subscription would find no
         // consumer, so start() returns only once the collector consumes.
@@ -127,5 +153,5 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
             return Err(StartError::NotConsuming(limit));
         }
     }
-    Ok(Collector { stats, consuming, store, broker, tasks, shutdown })
+    Ok(Collector { stats, fleet, api_addr, consuming, store, broker, tasks, shutdown })
 }

@@ -7,6 +7,7 @@
 //! - [`backoff`]: jittered exponential retry delays (reconnects, database retries).
 //! - `broker` (feature `broker`): the embedded rumqttd MQTT broker.
 //! - `config` (feature `config`): strict TOML parsing and every-problem validation for config files.
+//! - `http` (feature `http`): the tiny HTTP server for `/metrics`, and the Prometheus text format.
 //! - [`id`]: validation of agent and sensor identifiers (they become MQTT topic levels and InfluxDB tags).
 //! - [`frame`]: the serial frame a sensor node sends (COBS + version byte + postcard + CRC-32) and its
 //!   incremental, never-panicking decoder.
@@ -26,6 +27,8 @@ pub mod broker;
 #[cfg(feature = "config")]
 pub mod config;
 pub mod frame;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod id;
 pub mod topic;
 pub mod units;

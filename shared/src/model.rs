@@ -1,4 +1,4 @@
-//! The data model both ends share: readings, events, acks and commands.
+//! The data model both ends share: readings, events, acks, commands and agent status.
 //!
 //! Ack and command travel as versioned messages ([`to_wire`] / [`from_wire`]); readings and events
 //! travel inside a [`crate::batch::Batch`].
@@ -131,6 +131,35 @@ pub enum CommandAction {
     Shutdown { reason: String },
     /// Release the latch of one rule.
     ResetLatch { rule: String },
+}
+
+/// What an agent says about itself on `edgeloop/v1/{agent}/status`, retained, so a collector
+/// that starts later learns the fleet at once. `Offline` is also the agent's MQTT last will.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Presence {
+    Online(AgentReport),
+    /// A clean stop, or (as the last will) a connection the broker saw die.
+    Offline,
+}
+
+/// An agent's periodic report (every `interval_ms`; missing three in a row means it is gone).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentReport {
+    pub version: String,
+    pub sent_ns: i64,
+    pub interval_ms: u32,
+    pub sensors: Vec<String>,
+    pub stale_sensors: Vec<String>,
+    /// Readings and events waiting in the agent's buffer for the collector's ack.
+    pub backlog_readings: u64,
+    pub backlog_bytes: u64,
+    /// Time of the oldest reading not yet acknowledged: the consumer lag, seen from the edge.
+    pub oldest_unsent_ns: Option<i64>,
+    pub accepted_total: u64,
+    pub dropped_total: u64,
+    pub quarantined_total: u64,
+    /// Rules latched (tripped until reset) right now.
+    pub latched: Vec<String>,
 }
 
 /// Why an MQTT payload was refused.

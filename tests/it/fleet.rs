@@ -207,3 +207,76 @@ async fn a_point_the_database_refuses_is_isolated_and_the_rest_stored() {
         "the other event is stored: {stale}"
     );
 }
+
+/// The fleet registry: an agent's reports make it online in `/fleet` and `/metrics` (with its
+/// sensors, backlog and lag); a clean stop turns it offline at once; a restarted collector
+/// still lists it from its state file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_registry_tracks_agents_and_survives_a_restart() {
+    harness::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let start_collector = |port: u16| {
+        let mut config = harness::collector_config(
+            ([127, 0, 0, 1], port).into(),
+            edgeloop_collector::config::StoreConfig::Local(edgeloop_collector::config::LocalStoreConfig {
+                path: dir.path().join("store"),
+            }),
+        );
+        config.fleet.state_file = Some(dir.path().join("fleet.json"));
+        config.api = Some(edgeloop_collector::config::ApiConfig { listen: ([127, 0, 0, 1], 0).into() });
+        config
+    };
+    let stop = CancellationToken::new();
+    let collector = edgeloop_collector::start(&start_collector(0), stop.clone()).await.unwrap();
+    let api = collector.api_addr().unwrap();
+    let get = |path: &'static str| async move {
+        reqwest::get(format!("http://{api}{path}")).await.unwrap().text().await.unwrap()
+    };
+    let sim = SimulatedConfig { period: HumanDuration(Duration::from_millis(10)), realtime: true, limit: None };
+    let agent_stop = CancellationToken::new();
+    let cfg = harness::agent_config("gw-reg", &dir.path().join("agent"), collector.broker_addr().unwrap(), sim);
+    let agent = edgeloop_agent::start(&cfg, agent_stop.clone()).await.unwrap();
+
+    let fleet = harness::wait_for("the agent online in /fleet", Duration::from_secs(30), || async {
+        let fleet: serde_json::Value = serde_json::from_str(&get("/fleet").await).unwrap();
+        let a = fleet.as_array()?.iter().find(|a| a["agent"] == "gw-reg")?.clone();
+        (a["online"] == true
+            && a["report"]["sensors"].as_array().is_some_and(|s| s.len() == 2)
+            && a["points_stored"].as_u64()? > 0)
+            .then_some(a)
+    })
+    .await;
+    assert_eq!(fleet["report"]["version"], "0.1.0", "{fleet}");
+    let metrics = get("/metrics").await;
+    for line in [
+        "edgeloop_collector_agent_online{agent=\"gw-reg\"} 1",
+        "# TYPE edgeloop_collector_event_latency_seconds histogram",
+        "# TYPE edgeloop_collector_agent_lag_seconds gauge",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from:\n{metrics}");
+    }
+    assert!(
+        metrics.lines().any(|l| l.starts_with("edgeloop_collector_points_stored_total ") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+
+    // A clean stop says goodbye: offline at once, not after three missed reports.
+    agent_stop.cancel();
+    agent.wait().await;
+    harness::wait_for("the agent offline", Duration::from_secs(5), || async {
+        get("/metrics").await.contains("edgeloop_collector_agent_online{agent=\"gw-reg\"} 0").then_some(())
+    })
+    .await;
+
+    // A new collector on the same state file knows the agent before it reports again.
+    let broker_port = collector.broker_addr().unwrap().port();
+    collector.shutdown();
+    collector.wait().await;
+    drop(collector);
+    let again = edgeloop_collector::start(&start_collector(broker_port), CancellationToken::new()).await.unwrap();
+    let fleet = again.fleet.agents();
+    let gw = fleet.iter().find(|a| a.agent == "gw-reg").expect("the restarted collector remembers the agent");
+    assert!(!gw.online);
+    assert!(gw.entry.points_stored > 0);
+    stop.cancel();
+}

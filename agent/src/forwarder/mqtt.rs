@@ -12,10 +12,10 @@ use std::{
 
 use edgeloop_shared::{
     backoff::Backoff,
-    model::{Ack, AckStatus, from_wire},
+    model::{Ack, AckStatus, AgentReport, Presence, from_wire, to_wire},
     topic::{Channel, topic},
 };
-use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, QoS, Transport};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,24 @@ pub struct UplinkSettings {
     pub reconnect_max: Duration,
     pub tls: Option<TlsFiles>,
     pub catch_up: CatchUp,
+}
+
+/// Builds the agent's status report (see [`Presence`]).
+pub type Reporter = Arc<dyn Fn() -> AgentReport + Send + Sync>;
+
+/// How often the agent reports its status; the collector calls an agent gone after three
+/// missed reports.
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+fn publish_report(client: &AsyncClient, topic: &str, reporter: &Reporter) {
+    match to_wire(&Presence::Online(reporter())) {
+        Ok(bytes) => {
+            if client.try_publish(topic, QoS::AtLeastOnce, true, bytes).is_err() {
+                tracing::debug!("client queue full; the status report waits for the next tick");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot encode the status report"),
+    }
 }
 
 /// PEM contents for the TLS transport, read at start so a bad file fails the start, not a
@@ -69,9 +87,11 @@ pub async fn run(
     buffer: Buffer,
     mut committed: watch::Receiver<u64>,
     stats: Arc<AgentStats>,
+    reporter: Reporter,
     shutdown: CancellationToken,
 ) -> Result<(), BufferError> {
     let telemetry_topic = topic(&settings.agent, Channel::Telemetry);
+    let status_topic = topic(&settings.agent, Channel::Status);
     let ack_topic = topic(&settings.agent, Channel::Ack);
 
     let mut opts = MqttOptions::new(settings.agent.clone(), settings.host.clone(), settings.port);
@@ -80,6 +100,9 @@ pub async fn run(
         .set_max_packet_size(1 << 20, 64 << 20);
     if let (Some(user), Some(pass)) = (&settings.username, &settings.password) {
         opts.set_credentials(user, pass);
+    }
+    if let Ok(offline) = to_wire(&Presence::Offline) {
+        opts.set_last_will(LastWill::new(&status_topic, offline, QoS::AtLeastOnce, true));
     }
     if let Some(tls) = &settings.tls {
         opts.set_transport(Transport::tls(tls.ca.clone(), tls.client.clone(), None));
@@ -91,7 +114,10 @@ pub async fn run(
     eventloop.set_network_options(net);
 
     let (events_tx, mut events) = mpsc::channel::<Uplink>(256);
-    let poll_shutdown = shutdown.clone();
+    // The poller outlives the forwarder's own shutdown by a moment, so the `Offline` status and
+    // the DISCONNECT still go out.
+    let poll_stop = CancellationToken::new();
+    let poll_shutdown = poll_stop.clone();
     let agent = settings.agent.clone();
     let poll_ack_topic = ack_topic.clone();
     let mut backoff = Backoff::seeded(settings.reconnect_min, settings.reconnect_max);
@@ -140,6 +166,7 @@ pub async fn run(
     let mut windows_sent_before = SentBefore::new();
     let mut connected = false;
     let mut acks: Vec<Ack> = Vec::new();
+    let mut last_report = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -173,6 +200,7 @@ pub async fn run(
         tokio::select! {
             event = events.recv() => match event {
                 Some(Uplink::Connected) => {
+                    publish_report(&client, &status_topic, &reporter);
                     tracing::info!(agent = %settings.agent, in_flight = windows.len(), backlog = buffer.totals().held_batches, "uplink connected");
                     connected = true;
                     stats.uplink_connected.store(true, Relaxed);
@@ -202,11 +230,28 @@ pub async fn run(
                 None => break,
             },
             _ = committed.changed() => {}
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                if connected && last_report.elapsed() >= REPORT_EVERY {
+                    publish_report(&client, &status_topic, &reporter);
+                    last_report = Instant::now();
+                }
+            }
             _ = shutdown.cancelled() => break,
         }
     }
+    if let Ok(bytes) = to_wire(&Presence::Offline) {
+        let _ = client.try_publish(&status_topic, QoS::AtLeastOnce, true, bytes);
+    }
     let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Some(e) = events.recv().await {
+            if matches!(e, Uplink::Disconnected) {
+                break;
+            }
+        }
+    })
+    .await;
+    poll_stop.cancel();
     poller.abort();
     buffer.flush().await
 }

@@ -15,7 +15,7 @@ use std::{
 use edgeloop_shared::{
     backoff::Backoff,
     batch::Batch,
-    model::{Ack, AckStatus, to_wire},
+    model::{Ack, AckStatus, Presence, from_wire, to_wire},
     topic::{self, Channel},
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, Publish, QoS};
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::dedup::Dedup;
-use crate::store::line_protocol;
+use crate::{fleet, fleet::Fleet, store::line_protocol};
 use crate::{
     stats::CollectorStats,
     store::{Store, StoreError},
@@ -57,6 +57,7 @@ pub async fn run(
     settings: IngestSettings,
     store: Arc<Store>,
     stats: Arc<CollectorStats>,
+    fleet: Arc<Fleet>,
     consuming: watch::Sender<bool>,
     shutdown: CancellationToken,
 ) {
@@ -84,6 +85,8 @@ pub async fn run(
     let poll_client = client.clone();
     let poll_shutdown = shutdown.clone();
     let mut backoff = Backoff::seeded(settings.retry_min, settings.retry_max);
+    let mut suback_count = 0u64;
+    let status_filter = topic::all_agents(Channel::Status);
     let filter = match &settings.shared_group {
         Some(group) => format!("$share/{group}/{}", topic::all_agents(Channel::Telemetry)),
         None => topic::all_agents(Channel::Telemetry),
@@ -97,13 +100,22 @@ pub async fn run(
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(c))) => {
                     backoff.reset();
+                    suback_count = 0;
                     tracing::info!(session_present = c.session_present, "ingest connected to the broker");
                     if poll_client.try_subscribe(&filter, QoS::AtLeastOnce).is_err() {
                         tracing::error!("cannot queue the telemetry subscription");
                     }
+                    // Status is not shared: every collector keeps the whole fleet registry.
+                    if poll_client.try_subscribe(&status_filter, QoS::AtLeastOnce).is_err() {
+                        tracing::error!("cannot queue the status subscription");
+                    }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    consuming.send_replace(true);
+                    suback_count += 1;
+                    // Consuming once both subscriptions of this connection are confirmed.
+                    if suback_count == 2 {
+                        consuming.send_replace(true);
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if tx.send(p).await.is_err() {
@@ -131,7 +143,8 @@ pub async fn run(
             p = rx.recv() => match p { Some(p) => p, None => break },
             _ = shutdown.cancelled() => break,
         };
-        let Some(outcome) = handle(&publish, &store, &stats, &mut dedup, &mut retry, &shutdown).await else {
+        let started = std::time::Instant::now();
+        let Some(outcome) = handle(&publish, &store, &stats, &fleet, &mut dedup, &mut retry, &shutdown).await else {
             break; // shutting down mid-write: leave the message un-acked, the agent re-sends it
         };
         if let Outcome::Ack { agent, ack } = outcome {
@@ -149,6 +162,8 @@ pub async fn run(
         if let Err(e) = client.ack(&publish).await {
             tracing::warn!(error = %e, "cannot acknowledge a message to the broker");
         }
+        stats.processing.observe(started.elapsed().as_secs_f64());
+        stats.queue_depth.store(rx.len() as u64, Relaxed);
     }
     poller.abort();
 }
@@ -158,10 +173,21 @@ async fn handle(
     publish: &Publish,
     store: &Store,
     stats: &CollectorStats,
+    fleet: &Fleet,
     dedup: &mut Dedup,
     retry: &mut Backoff,
     shutdown: &CancellationToken,
 ) -> Option<Outcome> {
+    if let Some((agent, Channel::Status)) = topic::parse(&publish.topic) {
+        match from_wire::<Presence>(&publish.payload) {
+            Ok(p) => fleet.on_presence(agent, p),
+            Err(e) => {
+                stats.malformed.fetch_add(1, Relaxed);
+                tracing::warn!(agent, error = %e, "malformed status message dropped");
+            }
+        }
+        return Some(Outcome::Drop);
+    }
     stats.batches_received.fetch_add(1, Relaxed);
     let Some((agent, Channel::Telemetry)) = topic::parse(&publish.topic) else {
         stats.malformed.fetch_add(1, Relaxed);
@@ -203,7 +229,13 @@ async fn handle(
                     tracing::error!(agent, sensor, seq = batch.seq, %reason, line = %line.chars().take(200).collect::<String>(), "database refused a point; the rest of the batch is stored");
                 }
                 stats.points_rejected.fetch_add(written.rejected.len() as u64, Relaxed);
-                stats.stored(agent, batch.seq, u64::from(points.saturating_sub(refused)));
+                let stored = u64::from(points.saturating_sub(refused));
+                stats.stored(agent, batch.seq, stored);
+                let newest = batch.series.iter().filter_map(|s| s.points.last()).map(|p| p.ts_ns).max();
+                if let Some(ts) = newest {
+                    stats.latency.observe((fleet::now_ns() - ts) as f64 / 1e9);
+                }
+                fleet.on_stored(agent, stored, newest);
                 return ack(AckStatus::Stored { points: points.saturating_sub(refused) });
             }
             Err(StoreError::Rejected(reason)) => {

@@ -90,6 +90,8 @@ pub fn collector_config(listen: SocketAddr, store: StoreConfig) -> CollectorConf
         broker: BrokerConfig::Embedded(EmbeddedBroker { listen, ..Default::default() }),
         ingest: IngestConfig::default(),
         store,
+        fleet: Default::default(),
+        api: None,
     }
 }
 

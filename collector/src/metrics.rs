@@ -1,0 +1,126 @@
+//! What the collector tells about itself and the fleet: Prometheus `/metrics` and the fleet
+//! registry as JSON on `/fleet`, over `edgeloop_shared::http`.
+//!
+//! The fast-data health signals: throughput (points and batches stored), error rate
+//! (malformed, spoofed, refused, write retries), processing time and event latency (reading
+//! time to stored time) as histograms, queue depth, and per agent: online, its backlog and the
+//! age of its oldest unsent reading (the consumer lag, as the agent reports it), and the age of
+//! the newest reading stored from it.
+
+use std::sync::{Arc, atomic::Ordering::Relaxed};
+
+use edgeloop_shared::http::{self, Exposition};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    fleet::{self, Fleet},
+    stats::{CollectorStats, Histogram},
+};
+
+pub fn prometheus(stats: &CollectorStats, fleet: &Fleet) -> String {
+    let mut e = Exposition::default();
+    let counters: [(&str, &str, u64); 9] = [
+        (
+            "batches_received_total",
+            "Telemetry messages received, re-sends included",
+            stats.batches_received.load(Relaxed),
+        ),
+        ("batches_stored_total", "Batches written and acknowledged", stats.batches_stored.load(Relaxed)),
+        ("points_stored_total", "Points written and acknowledged", stats.points_stored.load(Relaxed)),
+        ("duplicates_total", "Re-sent batches answered without writing again", stats.duplicates.load(Relaxed)),
+        ("malformed_total", "Messages that are not a valid batch or status", stats.malformed.load(Relaxed)),
+        ("spoofed_total", "Batches whose agent id does not match their topic", stats.spoofed.load(Relaxed)),
+        ("batches_rejected_total", "Batches the database refused for good", stats.rejected.load(Relaxed)),
+        (
+            "points_rejected_total",
+            "Single points the database refused (the rest stored)",
+            stats.points_rejected.load(Relaxed),
+        ),
+        ("write_retries_total", "Database writes that failed and were retried", stats.write_retries.load(Relaxed)),
+    ];
+    for (name, help, value) in counters {
+        e.metric(&format!("edgeloop_collector_{name}"), "counter", help, &[], value as f64);
+    }
+    e.metric(
+        "edgeloop_collector_queue_depth",
+        "gauge",
+        "Messages received and waiting for the ingest worker",
+        &[],
+        stats.queue_depth.load(Relaxed) as f64,
+    );
+    histogram(&mut e, "edgeloop_collector_processing_seconds", "Message taken to message acked", &stats.processing);
+    histogram(
+        &mut e,
+        "edgeloop_collector_event_latency_seconds",
+        "Reading time to stored time (newest reading of each batch)",
+        &stats.latency,
+    );
+
+    let now = fleet::now_ns();
+    let agents = fleet.agents();
+    let age = |ts: i64| ((now - ts).max(0) as f64) / 1e9;
+    type Gauge = fn(&fleet::AgentView, &dyn Fn(i64) -> f64) -> Option<f64>;
+    let per_agent: [(&str, &str, Gauge); 7] = [
+        ("agent_online", "1 while the agent reports (three missed reports or a goodbye: 0)", |a, _| {
+            Some(f64::from(u8::from(a.online)))
+        }),
+        ("agent_last_seen_seconds", "Time since the agent was last heard from", |a, age| {
+            Some(age(a.entry.last_seen_ns))
+        }),
+        ("agent_points_stored_total", "Points stored from the agent (kept across restarts)", |a, _| {
+            Some(a.entry.points_stored as f64)
+        }),
+        ("agent_newest_reading_age_seconds", "Age of the newest reading stored from the agent", |a, age| {
+            a.entry.newest_reading_ns.map(age)
+        }),
+        ("agent_backlog_readings", "Readings waiting in the agent's buffer (its last report)", |a, _| {
+            a.entry.report.as_ref().map(|r| r.backlog_readings as f64)
+        }),
+        (
+            "agent_lag_seconds",
+            "Consumer lag: age of the agent's oldest unacknowledged reading (its last report)",
+            |a, age| a.entry.report.as_ref().map(|r| r.oldest_unsent_ns.map_or(0.0, age)),
+        ),
+        ("agent_dropped_readings_total", "Readings the agent dropped or refused for room (its last report)", |a, _| {
+            a.entry.report.as_ref().map(|r| r.dropped_total as f64)
+        }),
+    ];
+    for (name, help, get) in per_agent {
+        let name = format!("edgeloop_collector_{name}");
+        let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+        e.family(&name, kind, help);
+        for a in &agents {
+            if let Some(v) = get(a, &age) {
+                e.sample(&name, &[("agent", &a.agent)], v);
+            }
+        }
+    }
+    e.finish()
+}
+
+fn histogram(e: &mut Exposition, name: &str, help: &str, h: &Histogram) {
+    e.family(name, "histogram", help);
+    let (buckets, sum) = h.snapshot();
+    let bucket = format!("{name}_bucket");
+    let mut count = 0;
+    for (le, n) in buckets {
+        let le = if le.is_infinite() { "+Inf".to_string() } else { le.to_string() };
+        e.sample(&bucket, &[("le", &le)], n as f64);
+        count = n;
+    }
+    e.sample(&format!("{name}_sum"), &[], sum);
+    e.sample(&format!("{name}_count"), &[], count as f64);
+}
+
+/// Serves `/metrics` and `/fleet` until `shutdown`.
+pub async fn serve(listener: TcpListener, stats: Arc<CollectorStats>, fleet: Arc<Fleet>, shutdown: CancellationToken) {
+    let handle = move |path: &str| match path {
+        "/metrics" => Some(("200 OK", "text/plain; version=0.0.4", prometheus(&stats, &fleet))),
+        "/fleet" => {
+            Some(("200 OK", "application/json", serde_json::to_string_pretty(&fleet.agents()).unwrap_or_default()))
+        }
+        _ => None,
+    };
+    http::serve(listener, handle, shutdown.cancelled_owned()).await;
+}
