@@ -211,6 +211,17 @@ impl CollectorConfig {
         {
             problem("broker.shared_group", format!("{group:?} must be a non-empty name without '/', '+' or '#'"));
         }
+        if let BrokerConfig::Embedded(b) = &self.broker
+            && b.users.contains_key(&self.ingest.client_id)
+        {
+            problem(
+                "broker.users",
+                format!(
+                    "{:?} is the collector's own client id (ingest.client_id); name agents otherwise",
+                    self.ingest.client_id
+                ),
+            );
+        }
         if self.ingest.max_in_flight == 0 {
             problem("ingest.max_in_flight", "must be at least 1".into());
         }

@@ -82,9 +82,18 @@ impl BrokerHandle {
     }
 }
 
+/// The embedding process's own login (the collector's consumer): any client id may use it, and
+/// `client_id` may publish on every agent's topics (acks, commands).
+#[derive(Debug, Clone)]
+pub struct Internal {
+    pub user: String,
+    pub password: String,
+    pub client_id: String,
+}
+
 /// Starts rumqttd and waits until it accepts connections. `internal` is an extra user/password
 /// for the collector's own client, added when agents must authenticate.
-pub async fn start(cfg: &EmbeddedBroker, internal: Option<(String, String)>) -> Result<BrokerHandle, BrokerError> {
+pub async fn start(cfg: &EmbeddedBroker, internal: Option<Internal>) -> Result<BrokerHandle, BrokerError> {
     let mut addr = cfg.listen;
     if addr.port() == 0 {
         // rumqttd never reports the port it bound, so choose a free one first.
@@ -101,7 +110,7 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<(String, String)>) -> 
         let internal = internal.clone();
         Some(Arc::new(move |client_id: String, user: String, pass: String| {
             let ok = match &internal {
-                Some((u, p)) if *u == user => *p == pass,
+                Some(i) if i.user == user => i.password == pass,
                 _ => client_id == user && users.get(&user).is_some_and(|p| *p == pass),
             };
             if !ok {
@@ -118,11 +127,19 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<(String, String)>) -> 
         external_auth: auth.clone(),
         dynamic_filters: true,
     };
+    // With logins, a client also publishes only under its own topics: an agent cannot send as
+    // another or forge another's acks and commands (only the collector's client may).
+    let publish_acl = internal.as_ref().filter(|_| !cfg.users.is_empty()).map(|i| rumqttd::PublishAcl {
+        prefix: format!("{}/", crate::topic::PREFIX),
+        owner_channels: ["telemetry", "events", "status"].map(String::from).to_vec(),
+        privileged: vec![i.client_id.clone()],
+    });
     let router = RouterConfig {
         max_connections: cfg.max_connections,
         max_outgoing_packet_count: 256,
         max_segment_size: 16 << 20,
         max_segment_count: 16,
+        publish_acl,
         ..Default::default()
     };
     let router_tx = Router::new(0, router).spawn();
@@ -177,7 +194,8 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<(String, String)>) -> 
         }
         attempt += 1;
         let tls_up = cfg.tls.is_none() || tokio::net::TcpStream::connect(local(addr)).await.is_ok();
-        if tls_up && mqtt_handshake(connect_addr, internal.as_ref(), attempt).await.is_ok() {
+        let login = internal.as_ref().map(|i| (i.user.clone(), i.password.clone()));
+        if tls_up && mqtt_handshake(connect_addr, login.as_ref(), attempt).await.is_ok() {
             break;
         }
         if tokio::time::Instant::now() > deadline {

@@ -378,3 +378,56 @@ async fn the_uplink_runs_over_tls_and_each_agent_logs_in_as_itself() {
         a.wait().await;
     }
 }
+
+/// With per-agent logins, an agent publishes only under its own topics: a logged-in agent that
+/// sends a batch on another agent's topic, or forges that agent's ack, gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cannot_write_as_another_or_forge_its_acks() {
+    use edgeloop_shared::{
+        model::{Ack, AckStatus, Reading, to_wire},
+        topic::topic,
+    };
+    harness::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreConfig::Local(edgeloop_collector::config::LocalStoreConfig { path: dir.path().join("store") });
+    let mut config = harness::collector_config(([127, 0, 0, 1], 0).into(), store);
+    let edgeloop_collector::config::BrokerConfig::Embedded(broker) = &mut config.broker else { unreachable!() };
+    broker.users = [("gw-victim".to_string(), "v".to_string()), ("gw-evil".to_string(), "e".to_string())].into();
+    let collector = edgeloop_collector::start(&config, CancellationToken::new()).await.unwrap();
+    let addr = collector.broker_addr().unwrap();
+    let client = |id: &str, pass: &str| {
+        let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        opts.set_credentials(id, pass).set_max_packet_size(1 << 20, 1 << 20);
+        AsyncClient::new(opts, 16)
+    };
+    // The victim listens to its ack topic.
+    let (victim, mut victim_events) = client("gw-victim", "v");
+    victim.subscribe(topic("gw-victim", Channel::Ack), QoS::AtLeastOnce).await.unwrap();
+    let (acks_tx, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = victim_events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                let _ = acks_tx.send(p.payload.to_vec());
+            }
+        }
+    });
+    let (evil, mut evil_events) = client("gw-evil", "e");
+    tokio::spawn(async move { while evil_events.poll().await.is_ok() {} });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let readings: Vec<Reading> =
+        (0..10).map(|i| Reading { sensor: "temp".into(), ts_ns: 1_000 + i, value: 1.0 }).collect();
+    let forged = Batch::from_readings("gw-victim", 1, &readings).encode().unwrap();
+    evil.publish(topic("gw-victim", Channel::Telemetry), QoS::AtLeastOnce, false, forged).await.unwrap();
+    let fake_ack = to_wire(&Ack { seq: 7, status: AckStatus::Stored { points: 2000 } }).unwrap();
+    evil.publish(topic("gw-victim", Channel::Ack), QoS::AtLeastOnce, false, fake_ack).await.unwrap();
+    // Its own topic still works.
+    let own = Batch::from_readings("gw-evil", 1, &readings).encode().unwrap();
+    evil.publish(topic("gw-evil", Channel::Telemetry), QoS::AtLeastOnce, false, own).await.unwrap();
+    harness::wait_for("gw-evil's own batch stored", Duration::from_secs(10), || async {
+        (collector.store.local().unwrap().count_for("gw-evil") == 10).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(collector.store.local().unwrap().count_for("gw-victim"), 0, "nothing stored in the victim's name");
+    assert!(acks.try_recv().is_err(), "no forged ack reached the victim");
+}

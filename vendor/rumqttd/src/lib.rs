@@ -204,6 +204,39 @@ pub struct RouterConfig {
     // defaults to Round Robin
     #[serde(default)]
     pub shared_subscriptions_strategy: Strategy,
+    /// edgeloop patch: who may publish under a prefix of topics owned per client.
+    #[serde(default)]
+    pub publish_acl: Option<PublishAcl>,
+}
+
+/// edgeloop patch: topics under `prefix` are owned per client: `<prefix><owner>/<channel>...`.
+/// A client may publish there only to its own `owner` level (client id == owner) on one of
+/// `owner_channels`; the `privileged` client ids may publish anywhere. Topics outside `prefix`
+/// are not restricted. A refused publish is acknowledged (the client must not retry it forever)
+/// but never delivered, and logged.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct PublishAcl {
+    pub prefix: String,
+    pub owner_channels: Vec<String>,
+    pub privileged: Vec<String>,
+}
+
+impl PublishAcl {
+    pub fn allows(&self, client_id: &str, topic: &str) -> bool {
+        let Some(rest) = topic.strip_prefix(self.prefix.as_str()) else {
+            return true;
+        };
+        if self.privileged.iter().any(|p| p == client_id) {
+            return true;
+        }
+        let mut levels = rest.split('/');
+        match (levels.next(), levels.next()) {
+            (Some(owner), Some(channel)) => {
+                owner == client_id && self.owner_channels.iter().any(|c| c == channel)
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -607,6 +607,16 @@ impl Router {
 
                     self.router_meters.total_publishes += 1;
 
+                    // edgeloop patch: a client publishes only under its own topics.
+                    if let Some(acl) = &self.config.publish_acl {
+                        let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+                        if !acl.allows(&client_id, topic) {
+                            self.router_meters.failed_publishes += 1;
+                            warn!(client_id, topic, "publish refused: not this client's topic");
+                            continue;
+                        }
+                    }
+
                     // Try to append publish to commitlog
                     match append_to_commitlog(
                         id,
