@@ -122,6 +122,8 @@ pub async fn run(
     let poll_ack_topic = ack_topic.clone();
     let mut backoff = Backoff::seeded(settings.reconnect_min, settings.reconnect_max);
     let poller = tokio::spawn(async move {
+        // Warn when the link goes down, not at every failed attempt to bring it back.
+        let mut up = true;
         loop {
             let event = tokio::select! {
                 e = eventloop.poll() => e,
@@ -130,13 +132,23 @@ pub async fn run(
             let report = match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff.reset();
+                    up = true;
                     Uplink::Connected
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == poll_ack_topic => Uplink::Ack(p.payload.to_vec()),
+                // Our own goodbye: the connection closing after it is no news.
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                    up = false;
+                    continue;
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(agent = %agent, error = %e, retry_in = ?delay, "uplink down");
+                    if std::mem::replace(&mut up, false) {
+                        tracing::warn!(agent = %agent, error = %e, retry_in = ?delay, "uplink down; buffering until it is back");
+                    } else {
+                        tracing::debug!(agent = %agent, error = %e, retry_in = ?delay, "uplink still down");
+                    }
                     if events_tx.send(Uplink::Disconnected).await.is_err() {
                         break;
                     }
