@@ -123,9 +123,9 @@ impl Fleet {
     /// A batch from `agent` was stored.
     pub fn on_stored(&self, agent: &str, points: u64, newest_reading_ns: Option<i64>) {
         let now = now_ns();
+        // A batch does not undo a goodbye: it may be a late re-send from before it.
         self.update(agent, |e| {
             e.last_seen_ns = now;
-            e.said_offline = false;
             e.points_stored += points;
             e.newest_reading_ns = e.newest_reading_ns.max(newest_reading_ns);
         });

@@ -23,7 +23,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::dedup::Dedup;
-use crate::{fleet, fleet::Fleet, store::line_protocol};
+use crate::{
+    fleet,
+    fleet::Fleet,
+    store::{Written, line_protocol},
+};
 use crate::{
     stats::CollectorStats,
     store::{Store, StoreError},
@@ -138,29 +142,42 @@ pub async fn run(
 
     let mut dedup = Dedup::new(settings.dedup_window);
     let mut retry = Backoff::seeded(settings.retry_min, settings.retry_max);
-    loop {
-        let publish = tokio::select! {
+    let mut group: Vec<Publish> = Vec::new();
+    'messages: loop {
+        let first = tokio::select! {
             p = rx.recv() => match p { Some(p) => p, None => break },
             _ = shutdown.cancelled() => break,
         };
         let started = std::time::Instant::now();
-        let Some(outcome) = handle(&publish, &store, &stats, &fleet, &mut dedup, &mut retry, &shutdown).await else {
-            break; // shutting down mid-write: leave the message un-acked, the agent re-sends it
-        };
-        if let Outcome::Ack { agent, ack } = outcome {
-            match to_wire(&ack) {
-                Ok(bytes) => {
-                    if let Err(e) =
-                        client.publish(topic::topic(&agent, Channel::Ack), QoS::AtLeastOnce, false, bytes).await
-                    {
-                        tracing::warn!(%agent, seq = ack.seq, error = %e, "cannot queue the ack; the agent will re-send");
-                    }
-                }
-                Err(e) => tracing::error!(%agent, error = %e, "cannot encode an ack"),
-            }
+        // Whatever else is already waiting goes into the same database write (across agents):
+        // no added latency, fewer round trips when the database is the bottleneck.
+        group.push(first);
+        while group.len() < GROUP_MAX
+            && let Ok(p) = rx.try_recv()
+        {
+            group.push(p);
         }
-        if let Err(e) = client.ack(&publish).await {
-            tracing::warn!(error = %e, "cannot acknowledge a message to the broker");
+        let mut prepared: Vec<Prepared> = group.iter().map(|p| prepare(p, &stats, &fleet, &mut dedup)).collect();
+        let Some(()) = write_group(&mut prepared, &store, &stats, &fleet, &mut dedup, &mut retry, &shutdown).await
+        else {
+            break 'messages; // shutting down mid-write: leave the messages un-acked, agents re-send them
+        };
+        for (publish, prepared) in group.drain(..).zip(prepared) {
+            if let Prepared::Done(Outcome::Ack { agent, ack }) = prepared {
+                match to_wire(&ack) {
+                    Ok(bytes) => {
+                        if let Err(e) =
+                            client.publish(topic::topic(&agent, Channel::Ack), QoS::AtLeastOnce, false, bytes).await
+                        {
+                            tracing::warn!(%agent, seq = ack.seq, error = %e, "cannot queue the ack; the agent will re-send");
+                        }
+                    }
+                    Err(e) => tracing::error!(%agent, error = %e, "cannot encode an ack"),
+                }
+            }
+            if let Err(e) = client.ack(&publish).await {
+                tracing::warn!(error = %e, "cannot acknowledge a message to the broker");
+            }
         }
         stats.processing.observe(started.elapsed().as_secs_f64());
         stats.queue_depth.store(rx.len() as u64, Relaxed);
@@ -168,16 +185,17 @@ pub async fn run(
     poller.abort();
 }
 
-/// Decides, stores and returns what to answer; `None` when shutdown interrupted a retry.
-async fn handle(
-    publish: &Publish,
-    store: &Store,
-    stats: &CollectorStats,
-    fleet: &Fleet,
-    dedup: &mut Dedup,
-    retry: &mut Backoff,
-    shutdown: &CancellationToken,
-) -> Option<Outcome> {
+/// The most messages taken into one database write.
+const GROUP_MAX: usize = 32;
+
+/// A message, decided: answered already, or a batch to write.
+enum Prepared {
+    Done(Outcome),
+    Write { agent: String, batch: Batch },
+}
+
+/// Decodes and checks a message; status messages update the fleet registry.
+fn prepare(publish: &Publish, stats: &CollectorStats, fleet: &Fleet, dedup: &mut Dedup) -> Prepared {
     if let Some((agent, Channel::Status)) = topic::parse(&publish.topic) {
         match from_wire::<Presence>(&publish.payload) {
             Ok(p) => fleet.on_presence(agent, p),
@@ -186,62 +204,150 @@ async fn handle(
                 tracing::warn!(agent, error = %e, "malformed status message dropped");
             }
         }
-        return Some(Outcome::Drop);
+        return Prepared::Done(Outcome::Drop);
     }
     stats.batches_received.fetch_add(1, Relaxed);
     let Some((agent, Channel::Telemetry)) = topic::parse(&publish.topic) else {
         stats.malformed.fetch_add(1, Relaxed);
         tracing::warn!(topic = %publish.topic, "message on a topic that is not an agent's telemetry; dropped");
-        return Some(Outcome::Drop);
+        return Prepared::Done(Outcome::Drop);
     };
     let batch = match Batch::decode(&publish.payload) {
         Ok(b) => b,
         Err(e) => {
             stats.malformed.fetch_add(1, Relaxed);
             tracing::warn!(agent, bytes = publish.payload.len(), error = %e, "malformed batch dropped");
-            return Some(Outcome::Drop);
+            return Prepared::Done(Outcome::Drop);
         }
     };
     if batch.agent != agent {
         stats.spoofed.fetch_add(1, Relaxed);
         tracing::warn!(topic_agent = agent, batch_agent = %batch.agent, seq = batch.seq, "batch claims another agent's id; dropped");
-        return Some(Outcome::Drop);
+        return Prepared::Done(Outcome::Drop);
     }
-    let points = batch.point_count() as u32;
-    let ack = |status| Some(Outcome::Ack { agent: agent.to_owned(), ack: Ack { seq: batch.seq, status } });
     if dedup.seen(agent, batch.seq) {
         stats.duplicates.fetch_add(1, Relaxed);
-        return ack(AckStatus::Stored { points });
+        let points = batch.point_count() as u32;
+        return Prepared::Done(Outcome::Ack {
+            agent: agent.to_owned(),
+            ack: Ack { seq: batch.seq, status: AckStatus::Stored { points } },
+        });
     }
+    Prepared::Write { agent: agent.to_owned(), batch }
+}
+
+/// Writes every batch of the group, in one request when there are several (falling back to one
+/// request per batch when the database refuses the combined one), and turns each into its ack.
+/// `None` when shutdown interrupted a retry.
+async fn write_group(
+    group: &mut [Prepared],
+    store: &Store,
+    stats: &CollectorStats,
+    fleet: &Fleet,
+    dedup: &mut Dedup,
+    retry: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Option<()> {
+    let batches: Vec<&Batch> =
+        group.iter().filter_map(|p| if let Prepared::Write { batch, .. } = p { Some(batch) } else { None }).collect();
+    if batches.len() > 1 {
+        loop {
+            match store.write_all(&batches).await {
+                Ok(true) => {
+                    retry.reset();
+                    for p in group.iter_mut() {
+                        if let Prepared::Write { agent, batch } = p {
+                            let outcome = stored(agent, batch, &Written::default(), stats, fleet, dedup);
+                            *p = Prepared::Done(outcome);
+                        }
+                    }
+                    return Some(());
+                }
+                // Refused as a whole, or a store without combined writes: one batch at a time,
+                // so a bad point costs only its own line.
+                Ok(false) | Err(StoreError::Rejected(_)) => break,
+                Err(e) => {
+                    stats.write_retries.fetch_add(1, Relaxed);
+                    let delay = match &e {
+                        StoreError::Transient { retry_after: Some(d), .. } => *d,
+                        _ => retry.next_delay(),
+                    };
+                    tracing::warn!(batches = batches.len(), error = %e, retry_in = ?delay, "store write failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return None,
+                    }
+                }
+            }
+        }
+    }
+    for p in group.iter_mut() {
+        if let Prepared::Write { agent, batch } = p {
+            let outcome = write_one(agent, batch, store, stats, fleet, dedup, retry, shutdown).await?;
+            *p = Prepared::Done(outcome);
+        }
+    }
+    Some(())
+}
+
+/// Records a stored batch and makes its ack.
+fn stored(
+    agent: &str,
+    batch: &Batch,
+    written: &Written,
+    stats: &CollectorStats,
+    fleet: &Fleet,
+    dedup: &mut Dedup,
+) -> Outcome {
+    dedup.record(agent, batch.seq);
+    let points = batch.point_count() as u32;
+    // Readings carry a `sensor` tag, events a `subject`.
+    let refused = written.rejected.iter().filter(|(l, _)| line_protocol::tag_of(l, "sensor").is_some()).count() as u32;
+    for (line, reason) in &written.rejected {
+        let sensor =
+            line_protocol::tag_of(line, "sensor").or_else(|| line_protocol::tag_of(line, "subject")).unwrap_or("-");
+        tracing::error!(agent, sensor, seq = batch.seq, %reason, line = %line.chars().take(200).collect::<String>(), "database refused a point; the rest of the batch is stored");
+    }
+    stats.points_rejected.fetch_add(written.rejected.len() as u64, Relaxed);
+    let kept = u64::from(points.saturating_sub(refused));
+    stats.stored(agent, batch.seq, kept);
+    let newest = batch.series.iter().filter_map(|s| s.points.last()).map(|p| p.ts_ns).max();
+    if let Some(ts) = newest {
+        stats.latency.observe((fleet::now_ns() - ts) as f64 / 1e9);
+    }
+    fleet.on_stored(agent, kept, newest);
+    Outcome::Ack {
+        agent: agent.to_owned(),
+        ack: Ack { seq: batch.seq, status: AckStatus::Stored { points: points.saturating_sub(refused) } },
+    }
+}
+
+/// Writes one batch, retrying transient failures; `None` when shutdown interrupted a retry.
+#[allow(clippy::too_many_arguments)]
+async fn write_one(
+    agent: &str,
+    batch: &Batch,
+    store: &Store,
+    stats: &CollectorStats,
+    fleet: &Fleet,
+    dedup: &mut Dedup,
+    retry: &mut Backoff,
+    shutdown: &CancellationToken,
+) -> Option<Outcome> {
+    let points = batch.point_count() as u32;
     loop {
-        match store.write(&batch).await {
+        match store.write(batch).await {
             Ok(written) => {
                 retry.reset();
-                dedup.record(agent, batch.seq);
-                // Readings carry a `sensor` tag, events a `subject`.
-                let refused =
-                    written.rejected.iter().filter(|(l, _)| line_protocol::tag_of(l, "sensor").is_some()).count()
-                        as u32;
-                for (line, reason) in &written.rejected {
-                    let sensor = line_protocol::tag_of(line, "sensor")
-                        .or_else(|| line_protocol::tag_of(line, "subject"))
-                        .unwrap_or("-");
-                    tracing::error!(agent, sensor, seq = batch.seq, %reason, line = %line.chars().take(200).collect::<String>(), "database refused a point; the rest of the batch is stored");
-                }
-                stats.points_rejected.fetch_add(written.rejected.len() as u64, Relaxed);
-                let stored = u64::from(points.saturating_sub(refused));
-                stats.stored(agent, batch.seq, stored);
-                let newest = batch.series.iter().filter_map(|s| s.points.last()).map(|p| p.ts_ns).max();
-                if let Some(ts) = newest {
-                    stats.latency.observe((fleet::now_ns() - ts) as f64 / 1e9);
-                }
-                fleet.on_stored(agent, stored, newest);
-                return ack(AckStatus::Stored { points: points.saturating_sub(refused) });
+                return Some(stored(agent, batch, &written, stats, fleet, dedup));
             }
             Err(StoreError::Rejected(reason)) => {
                 stats.rejected.fetch_add(1, Relaxed);
                 tracing::error!(agent, seq = batch.seq, points, %reason, "database refused a batch for good");
-                return ack(AckStatus::Rejected { reason });
+                return Some(Outcome::Ack {
+                    agent: agent.to_owned(),
+                    ack: Ack { seq: batch.seq, status: AckStatus::Rejected { reason } },
+                });
             }
             Err(e) => {
                 stats.write_retries.fetch_add(1, Relaxed);

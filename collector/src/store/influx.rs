@@ -118,6 +118,19 @@ impl InfluxStore {
         Ok(Written { rejected })
     }
 
+    /// Writes several batches (from any agents) as one request.
+    pub async fn write_all(&self, batches: &[&Batch]) -> Result<(), StoreError> {
+        let points: usize = batches.iter().map(|b| b.point_count()).sum();
+        let mut body = String::with_capacity(points * 64);
+        for batch in batches {
+            line_protocol::encode_batch(&mut body, &self.measurement, &self.events_measurement, batch);
+        }
+        if body.is_empty() {
+            return Ok(());
+        }
+        self.post(body).await
+    }
+
     async fn post(&self, body: String) -> Result<(), StoreError> {
         let mut req = self.http.post(&self.url).query(&self.query).body(body);
         req = match &self.auth {

@@ -56,6 +56,15 @@ impl Store {
         }
     }
 
+    /// Writes several batches in one request when the store can (`Ok(false)`: it cannot, write
+    /// them one by one). All or nothing: a refusal says nothing about which point was bad.
+    pub async fn write_all(&self, batches: &[&Batch]) -> Result<bool, StoreError> {
+        match self {
+            Store::Influx(s) => s.write_all(batches).await.map(|()| true),
+            Store::Local(_) => Ok(false),
+        }
+    }
+
     /// The embedded store, when that is what runs (the demo counts from it).
     pub fn local(&self) -> Option<&local::LocalStore> {
         match self {
