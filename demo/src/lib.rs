@@ -76,6 +76,8 @@ pub async fn run(
         broker: BrokerConfig::Embedded(EmbeddedBroker { listen: ([127, 0, 0, 1], 0).into(), ..Default::default() }),
         ingest: Default::default(),
         store,
+        fleet: Default::default(),
+        api: None,
     };
     let collector_stop = CancellationToken::new();
     let collector = edgeloop_collector::start(&collector_cfg, collector_stop.clone()).await?;
