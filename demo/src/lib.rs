@@ -69,6 +69,7 @@ pub async fn run(
             measurement: "readings".into(),
             events_measurement: "events".into(),
             timeout: HumanDuration(Duration::from_secs(10)),
+            gzip: false,
         }),
         None => StoreConfig::Local(LocalStoreConfig { path: dir.path().join("collector-store") }),
     };

@@ -29,6 +29,8 @@ fn v1(url: &str, db: &str) -> StoreConfig {
         measurement: "readings".into(),
         events_measurement: "events".into(),
         timeout: HumanDuration(Duration::from_secs(10)),
+        // The server's gzip path is exercised here (and against VictoriaMetrics below).
+        gzip: true,
     })
 }
 
@@ -84,6 +86,8 @@ async fn victoria_metrics_through_the_v2_api_stores_exactly_100k_readings() {
         measurement: "readings".into(),
         events_measurement: "events".into(),
         timeout: HumanDuration(Duration::from_secs(10)),
+        // Compressed bodies through the v2 API.
+        gzip: true,
     });
     // VictoriaMetrics keeps milliseconds: readings of one sensor must be at least 1 ms apart.
     let (_collector, _agent, _dir) = send_through(store, 100_000, Duration::from_millis(2)).await;

@@ -24,6 +24,7 @@ pub struct InfluxStore {
     auth: Auth,
     measurement: String,
     events_measurement: String,
+    gzip: bool,
 }
 
 enum Auth {
@@ -42,13 +43,13 @@ impl InfluxStore {
             (Some(user), Some(password)) => Auth::Basic { user: user.clone(), password: password.clone() },
             _ => Auth::None,
         };
-        Self::new(&c.url, "write", query, auth, &c.measurement, &c.events_measurement, c.timeout.0)
+        Self::new(&c.url, "write", query, auth, (&c.measurement, &c.events_measurement), c.timeout.0, c.gzip)
     }
 
     pub fn v2(c: &InfluxV2Config) -> Result<Self, StoreError> {
         let query = vec![("org", c.org.clone()), ("bucket", c.bucket.clone()), ("precision", "ns".into())];
         let auth = c.token.clone().map_or(Auth::None, Auth::Token);
-        Self::new(&c.url, "api/v2/write", query, auth, &c.measurement, &c.events_measurement, c.timeout.0)
+        Self::new(&c.url, "api/v2/write", query, auth, (&c.measurement, &c.events_measurement), c.timeout.0, c.gzip)
     }
 
     fn new(
@@ -56,9 +57,9 @@ impl InfluxStore {
         path: &str,
         query: Vec<(&'static str, String)>,
         auth: Auth,
-        measurement: &str,
-        events_measurement: &str,
+        (measurement, events_measurement): (&str, &str),
         timeout: Duration,
+        gzip: bool,
     ) -> Result<Self, StoreError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -74,6 +75,7 @@ impl InfluxStore {
             auth,
             measurement: measurement.into(),
             events_measurement: events_measurement.into(),
+            gzip,
         })
     }
 
@@ -132,7 +134,19 @@ impl InfluxStore {
     }
 
     async fn post(&self, body: String) -> Result<(), StoreError> {
-        let mut req = self.http.post(&self.url).query(&self.query).body(body);
+        let mut req = self.http.post(&self.url).query(&self.query);
+        req = if self.gzip {
+            use std::io::Write;
+            let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 8), flate2::Compression::fast());
+            let compressed = gz.write_all(body.as_bytes()).and_then(|()| gz.finish());
+            match compressed {
+                Ok(bytes) => req.header(reqwest::header::CONTENT_ENCODING, "gzip").body(bytes),
+                // Compressing into memory does not fail in practice; if it did, send it plain.
+                Err(_) => req.body(body),
+            }
+        } else {
+            req.body(body)
+        };
         req = match &self.auth {
             Auth::None => req,
             Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
@@ -164,5 +178,53 @@ impl InfluxStore {
             // side: keep the data and retry.
             _ => Err(StoreError::Transient { reason, retry_after }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use edgeloop_shared::{model::Reading, units::HumanDuration};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// With `gzip`, the body on the wire is gzip (magic 1f 8b) and says so.
+    #[tokio::test]
+    async fn gzip_bodies_are_compressed_and_labelled() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 65536];
+            // Read until the head and at least the first body bytes are in.
+            while !req.windows(4).any(|w| w == b"\r\n\r\n")
+                || req.len() < 2 + req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4
+            {
+                let n = s.read(&mut buf).await.unwrap();
+                req.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+            req
+        });
+        let store = InfluxStore::v1(&InfluxV1Config {
+            url: format!("http://{addr}"),
+            database: "edgeloop".into(),
+            retention_policy: None,
+            username: None,
+            password: None,
+            measurement: "readings".into(),
+            events_measurement: "events".into(),
+            timeout: HumanDuration(Duration::from_secs(5)),
+            gzip: true,
+        })
+        .unwrap();
+        let readings: Vec<Reading> = (0..100).map(|i| Reading { sensor: "t".into(), ts_ns: i, value: 1.5 }).collect();
+        store.write(&Batch::from_readings("gw", 1, &readings)).await.unwrap();
+        let req = server.await.unwrap();
+        let head_end = req.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = String::from_utf8_lossy(&req[..head_end]).to_lowercase();
+        assert!(head.contains("content-encoding: gzip"), "{head}");
+        assert_eq!(&req[head_end..head_end + 2], &[0x1f, 0x8b], "gzip magic");
     }
 }

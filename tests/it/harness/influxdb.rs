@@ -111,5 +111,6 @@ pub fn v1_store(url: &str) -> edgeloop_collector::config::StoreConfig {
         measurement: "readings".into(),
         events_measurement: "events".into(),
         timeout: edgeloop_shared::units::HumanDuration(Duration::from_secs(10)),
+        gzip: false,
     })
 }
