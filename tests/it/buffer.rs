@@ -412,7 +412,17 @@ async fn an_agent_cannot_write_as_another_or_forge_its_acks() {
         }
     });
     let (evil, mut evil_events) = client("gw-evil", "e");
-    tokio::spawn(async move { while evil_events.poll().await.is_ok() {} });
+    // It also tries to listen to the victim's acks, and to everything.
+    evil.subscribe(topic("gw-victim", Channel::Ack), QoS::AtLeastOnce).await.unwrap();
+    evil.subscribe("edgeloop/#", QoS::AtLeastOnce).await.unwrap();
+    let (overheard_tx, mut overheard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = evil_events.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = e {
+                let _ = overheard_tx.send(p.topic.clone());
+            }
+        }
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let readings: Vec<Reading> =
         (0..10).map(|i| Reading { sensor: "temp".into(), ts_ns: 1_000 + i, value: 1.0 }).collect();
@@ -430,4 +440,16 @@ async fn an_agent_cannot_write_as_another_or_forge_its_acks() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(collector.store.local().unwrap().count_for("gw-victim"), 0, "nothing stored in the victim's name");
     assert!(acks.try_recv().is_err(), "no forged ack reached the victim");
+
+    // The victim's own batch is stored and acknowledged to it, and to nobody else.
+    let mine = Batch::from_readings("gw-victim", 2, &readings).encode().unwrap();
+    victim.publish(topic("gw-victim", Channel::Telemetry), QoS::AtLeastOnce, false, mine).await.unwrap();
+    let ack = tokio::time::timeout(Duration::from_secs(10), acks.recv()).await.unwrap().unwrap();
+    assert!(!ack.is_empty());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut heard = Vec::new();
+    while let Ok(t) = overheard.try_recv() {
+        heard.push(t);
+    }
+    assert!(heard.iter().all(|t| t.starts_with("edgeloop/v1/gw-evil/")), "gw-evil overheard {heard:?}");
 }

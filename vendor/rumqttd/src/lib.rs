@@ -237,6 +237,18 @@ impl PublishAcl {
             _ => false,
         }
     }
+
+    /// With an ACL, a client that is not privileged may subscribe only to filters under its own
+    /// `<prefix><client id>/`: a wildcard anywhere before that could reach other clients' topics.
+    pub fn allows_subscribe(&self, client_id: &str, filter: &str) -> bool {
+        if self.privileged.iter().any(|p| p == client_id) {
+            return true;
+        }
+        filter
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(client_id))
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

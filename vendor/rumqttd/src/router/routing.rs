@@ -675,6 +675,15 @@ impl Router {
                             break;
                         }
 
+                        // edgeloop patch: a client subscribes only under its own topics.
+                        if let Some(acl) = &self.config.publish_acl {
+                            if !acl.allows_subscribe(&client_id, &f.path) {
+                                warn!(client_id, filter = f.path, "subscription refused: not this client's topics");
+                                return_codes.push(SubscribeReasonCode::Failure);
+                                continue;
+                            }
+                        }
+
                         let mut filter = f.path.clone();
                         let mut group = None;
 
