@@ -26,44 +26,11 @@ pub struct FleetEntry {
     pub last_seen_ns: i64,
     /// It said goodbye (clean stop) or its last will arrived.
     pub said_offline: bool,
-    pub report: Option<StoredReport>,
+    /// Its last status report.
+    pub report: Option<AgentReport>,
     pub points_stored: u64,
     /// Timestamp of the newest reading stored from it.
     pub newest_reading_ns: Option<i64>,
-}
-
-/// [`AgentReport`] as the registry keeps it (serde_json-friendly).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct StoredReport {
-    pub version: String,
-    pub interval_ms: u32,
-    pub sensors: Vec<String>,
-    pub stale_sensors: Vec<String>,
-    pub backlog_readings: u64,
-    pub backlog_bytes: u64,
-    pub oldest_unsent_ns: Option<i64>,
-    pub accepted_total: u64,
-    pub dropped_total: u64,
-    pub quarantined_total: u64,
-    pub latched: Vec<String>,
-}
-
-impl From<AgentReport> for StoredReport {
-    fn from(r: AgentReport) -> Self {
-        Self {
-            version: r.version,
-            interval_ms: r.interval_ms,
-            sensors: r.sensors,
-            stale_sensors: r.stale_sensors,
-            backlog_readings: r.backlog_readings,
-            backlog_bytes: r.backlog_bytes,
-            oldest_unsent_ns: r.oldest_unsent_ns,
-            accepted_total: r.accepted_total,
-            dropped_total: r.dropped_total,
-            quarantined_total: r.quarantined_total,
-            latched: r.latched,
-        }
-    }
 }
 
 /// An agent's entry with its liveness worked out.
@@ -114,7 +81,7 @@ impl Fleet {
             Presence::Online(report) => {
                 e.last_seen_ns = now;
                 e.said_offline = false;
-                e.report = Some(report.into());
+                e.report = Some(report);
             }
             Presence::Offline => e.said_offline = true,
         });
