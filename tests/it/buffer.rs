@@ -286,11 +286,16 @@ async fn a_damaged_buffer_is_quarantined_reported_and_the_rest_sent() {
     agent.wait().await;
     drop(agent);
 
-    // Damage the middle of the file, where the batches are.
+    // Damage one stored batch in the middle of the backlog, as a bad sector under the data
+    // would. Every batch carries the agent id, so its occurrences mark where batches lie; bytes
+    // at a random offset could hit the table's root page instead, after which nothing can be
+    // read back at all (a B-tree's limit, not the agent's), and the test would be a lottery.
     let file = dir.path().join(edgeloop_agent::buffer::redb::FILE);
     let mut bytes = std::fs::read(&file).unwrap();
-    let mid = bytes.len() / 2;
-    for b in &mut bytes[mid..mid + 4096] {
+    let marks: Vec<usize> = bytes.windows(10).enumerate().filter(|(_, w)| w == b"gw-damaged").map(|(i, _)| i).collect();
+    assert!(marks.len() > 10, "batches found in the file: {}", marks.len());
+    let at = marks[marks.len() / 2] + 16;
+    for b in &mut bytes[at..at + 64] {
         *b ^= 0xa5;
     }
     std::fs::write(&file, &bytes).unwrap();
