@@ -80,6 +80,15 @@ pub struct IngestConfig {
     pub dedup_window: usize,
     pub retry_min: HumanDuration,
     pub retry_max: HumanDuration,
+    /// Database writes in flight at once (each may hold batches of several agents).
+    pub write_concurrency: usize,
+    /// Most batches in one database write.
+    pub write_max_batches: usize,
+    /// About the most points in one database write (InfluxDB suggests 5,000–10,000 lines per
+    /// request for 1.x; larger groups help little and cost memory).
+    pub write_max_points: usize,
+    /// How long the first batch of a write waits for others to join it; 0 writes what is there.
+    pub write_linger: HumanDuration,
 }
 
 impl Default for IngestConfig {
@@ -90,6 +99,10 @@ impl Default for IngestConfig {
             dedup_window: 4096,
             retry_min: HumanDuration(std::time::Duration::from_millis(100)),
             retry_max: HumanDuration(std::time::Duration::from_secs(10)),
+            write_concurrency: 4,
+            write_max_batches: 32,
+            write_max_points: 20_000,
+            write_linger: HumanDuration(std::time::Duration::from_millis(5)),
         }
     }
 }
@@ -229,6 +242,12 @@ impl CollectorConfig {
                     self.ingest.client_id
                 ),
             );
+        }
+        if !(1..=64).contains(&self.ingest.write_concurrency) {
+            problem("ingest.write_concurrency", format!("{} must be between 1 and 64", self.ingest.write_concurrency));
+        }
+        if self.ingest.write_max_batches == 0 || self.ingest.write_max_points == 0 {
+            problem("ingest.write_max_batches", "write_max_batches and write_max_points must be at least 1".into());
         }
         if self.ingest.max_in_flight == 0 {
             problem("ingest.max_in_flight", "must be at least 1".into());

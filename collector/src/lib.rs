@@ -131,8 +131,14 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
         shared_group,
         max_in_flight: ing.max_in_flight,
         dedup_window: ing.dedup_window,
-        retry_min: ing.retry_min.0,
-        retry_max: ing.retry_max.0,
+        write: ingest::WriteBounds {
+            concurrency: ing.write_concurrency,
+            max_batches: ing.write_max_batches,
+            max_points: ing.write_max_points,
+            linger: ing.write_linger.0,
+            retry_min: ing.retry_min.0,
+            retry_max: ing.retry_max.0,
+        },
     };
     let (consuming_tx, mut consuming) = tokio::sync::watch::channel(false);
     let fleet = Arc::new(fleet::Fleet::load(config.fleet.state_file.clone()));

@@ -8,6 +8,7 @@
 //! in-flight window is full and the backlog stays on the agents' disks.
 
 use std::{
+    collections::VecDeque,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
@@ -44,8 +45,7 @@ pub struct IngestSettings {
     pub shared_group: Option<String>,
     pub max_in_flight: u16,
     pub dedup_window: usize,
-    pub retry_min: Duration,
-    pub retry_max: Duration,
+    pub write: WriteBounds,
 }
 
 /// What became of one message.
@@ -88,7 +88,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<Publish>(4096);
     let poll_client = client.clone();
     let poll_shutdown = shutdown.clone();
-    let mut backoff = Backoff::seeded(settings.retry_min, settings.retry_max);
+    let mut backoff = Backoff::seeded(settings.write.retry_min, settings.write.retry_max);
     let mut suback_count = 0u64;
     let status_filter = topic::all_agents(Channel::Status);
     let filter = match &settings.shared_group {
@@ -141,57 +141,154 @@ pub async fn run(
     });
 
     let mut dedup = Dedup::new(settings.dedup_window);
-    let mut retry = Backoff::seeded(settings.retry_min, settings.retry_max);
-    let mut group: Vec<Publish> = Vec::new();
+    let bounds = settings.write.clone();
+    // Writes in flight, oldest first. rumqttd takes acks only in delivery order, so however the
+    // writes finish, their messages are answered front to back.
+    let mut pipeline: VecDeque<InFlight> = VecDeque::new();
     'messages: loop {
+        // The oldest write must finish before another may start when every slot is taken.
+        if pipeline.len() >= bounds.concurrency.max(1) {
+            let Some(mut oldest) = pipeline.pop_front() else { break };
+            let result = (&mut oldest.task).await;
+            if !settle(oldest, result, &client, &stats, &fleet, &mut dedup).await {
+                break 'messages;
+            }
+            continue;
+        }
         let first = tokio::select! {
             p = rx.recv() => match p { Some(p) => p, None => break },
+            // Answer finished writes as soon as they finish, not when the next message comes.
+            result = front_finished(&mut pipeline) => {
+                let Some(oldest) = pipeline.pop_front() else { continue };
+                if !settle(oldest, result, &client, &stats, &fleet, &mut dedup).await {
+                    break 'messages;
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => break,
         };
         let started = std::time::Instant::now();
-        // Whatever else is already waiting goes into the same database write (across agents):
-        // no added latency, fewer round trips when the database is the bottleneck.
-        group.push(first);
-        while group.len() < GROUP_MAX
-            && let Ok(p) = rx.try_recv()
-        {
-            group.push(p);
+        // Messages from any agent share one database write, up to the size bounds, waiting at
+        // most `linger` for company: fewer, larger requests when the database is the bottleneck.
+        let mut group = vec![first];
+        let mut points = points_of(&group[0]);
+        let linger = tokio::time::sleep(bounds.linger);
+        tokio::pin!(linger);
+        while group.len() < bounds.max_batches && points < bounds.max_points {
+            let next = match rx.try_recv() {
+                Ok(p) => p,
+                Err(_) if bounds.linger.is_zero() => break,
+                Err(_) => tokio::select! {
+                    p = rx.recv() => match p { Some(p) => p, None => break },
+                    _ = &mut linger => break,
+                },
+            };
+            points += points_of(&next);
+            group.push(next);
         }
-        let mut prepared: Vec<Prepared> = group.iter().map(|p| prepare(p, &stats, &fleet, &mut dedup)).collect();
-        let Some(()) = write_group(&mut prepared, &store, &stats, &fleet, &mut dedup, &mut retry, &shutdown).await
-        else {
-            break 'messages; // shutting down mid-write: leave the messages un-acked, agents re-send them
-        };
-        for (publish, prepared) in group.drain(..).zip(prepared) {
-            if let Prepared::Done(Outcome::Ack { agent, ack }) = prepared {
-                match to_wire(&ack) {
-                    Ok(bytes) => {
-                        if let Err(e) =
-                            client.publish(topic::topic(&agent, Channel::Ack), QoS::AtLeastOnce, false, bytes).await
-                        {
-                            tracing::warn!(%agent, seq = ack.seq, error = %e, "cannot queue the ack; the agent will re-send");
-                        }
-                    }
-                    Err(e) => tracing::error!(%agent, error = %e, "cannot encode an ack"),
-                }
-            }
-            if let Err(e) = client.ack(&publish).await {
-                tracing::warn!(error = %e, "cannot acknowledge a message to the broker");
-            }
-        }
-        stats.processing.observe(started.elapsed().as_secs_f64());
+        let prepared: Vec<Prepared> = group.iter().map(|p| prepare(p, &stats, &fleet, &mut dedup)).collect();
+        let task = tokio::spawn(write_group(
+            prepared,
+            store.clone(),
+            stats.clone(),
+            (bounds.retry_min, bounds.retry_max),
+            shutdown.clone(),
+        ));
+        pipeline.push_back(InFlight { group, task, started });
         stats.queue_depth.store(rx.len() as u64, Relaxed);
+    }
+    // Shutting down: whatever is still being written stays un-acked; the agents re-send it.
+    for w in pipeline {
+        w.task.abort();
     }
     poller.abort();
 }
 
-/// The most messages taken into one database write.
-const GROUP_MAX: usize = 32;
+/// One database write under way, with the messages it answers.
+struct InFlight {
+    group: Vec<Publish>,
+    task: tokio::task::JoinHandle<Option<Vec<Prepared>>>,
+    started: std::time::Instant,
+}
 
-/// A message, decided: answered already, or a batch to write.
+type WriteResult = Result<Option<Vec<Prepared>>, tokio::task::JoinError>;
+
+/// The oldest write's result, once it has finished (never, while there is none). Cancel-safe:
+/// a `JoinHandle` keeps its result until polled to completion.
+async fn front_finished(pipeline: &mut VecDeque<InFlight>) -> WriteResult {
+    match pipeline.front_mut() {
+        Some(w) => (&mut w.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Takes a finished write: records what was stored, publishes the agents' acks and
+/// acknowledges the messages to the broker, in order. `false` when shutdown interrupted it.
+async fn settle(
+    w: InFlight,
+    result: WriteResult,
+    client: &AsyncClient,
+    stats: &CollectorStats,
+    fleet: &Fleet,
+    dedup: &mut Dedup,
+) -> bool {
+    let settled = match result {
+        Ok(Some(s)) => s,
+        // Shutdown mid-retry, or the task was cancelled: leave the messages un-acked.
+        Ok(None) | Err(_) => return false,
+    };
+    for (publish, prepared) in w.group.iter().zip(settled) {
+        let outcome = match prepared {
+            Prepared::Done(o) => o,
+            Prepared::Stored { agent, batch, written } => stored(&agent, &batch, &written, stats, fleet, dedup),
+            // Not reached: the write task settles every batch or returns None.
+            Prepared::Write { .. } => Outcome::Drop,
+        };
+        if let Outcome::Ack { agent, ack } = outcome {
+            match to_wire(&ack) {
+                Ok(bytes) => {
+                    if let Err(e) =
+                        client.publish(topic::topic(&agent, Channel::Ack), QoS::AtLeastOnce, false, bytes).await
+                    {
+                        tracing::warn!(%agent, seq = ack.seq, error = %e, "cannot queue the ack; the agent will re-send");
+                    }
+                }
+                Err(e) => tracing::error!(%agent, error = %e, "cannot encode an ack"),
+            }
+        }
+        if let Err(e) = client.ack(publish).await {
+            tracing::warn!(error = %e, "cannot acknowledge a message to the broker");
+        }
+    }
+    stats.processing.observe(w.started.elapsed().as_secs_f64());
+    true
+}
+
+/// A cheap size estimate of a message before decoding it: wire batches take ~3 bytes per point.
+fn points_of(p: &Publish) -> usize {
+    p.payload.len() / 3
+}
+
+/// How the ingest groups messages into database writes.
+#[derive(Debug, Clone)]
+pub struct WriteBounds {
+    /// Database writes in flight at once.
+    pub concurrency: usize,
+    /// Most messages (batches) in one write.
+    pub max_batches: usize,
+    /// Roughly the most points in one write (estimated from message sizes before decoding).
+    pub max_points: usize,
+    /// How long the first message of a write waits for others to join it.
+    pub linger: Duration,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+}
+
+/// A message, decided: answered already, a batch to write, or a batch written.
 enum Prepared {
     Done(Outcome),
     Write { agent: String, batch: Batch },
+    Stored { agent: String, batch: Batch, written: Written },
 }
 
 /// Decodes and checks a message; status messages update the fleet registry.
@@ -237,57 +334,62 @@ fn prepare(publish: &Publish, stats: &CollectorStats, fleet: &Fleet, dedup: &mut
 }
 
 /// Writes every batch of the group, in one request when there are several (falling back to one
-/// request per batch when the database refuses the combined one), and turns each into its ack.
-/// `None` when shutdown interrupted a retry.
+/// request per batch when the database refuses the combined one), retrying transient failures.
+/// Returns the group settled (`Stored`, or `Done` with a rejection), `None` when shutdown
+/// interrupted a retry.
 async fn write_group(
-    group: &mut [Prepared],
-    store: &Store,
-    stats: &CollectorStats,
-    fleet: &Fleet,
-    dedup: &mut Dedup,
-    retry: &mut Backoff,
-    shutdown: &CancellationToken,
-) -> Option<()> {
+    mut group: Vec<Prepared>,
+    store: Arc<Store>,
+    stats: Arc<CollectorStats>,
+    (retry_min, retry_max): (Duration, Duration),
+    shutdown: CancellationToken,
+) -> Option<Vec<Prepared>> {
+    let mut retry = Backoff::seeded(retry_min, retry_max);
     let batches: Vec<&Batch> =
         group.iter().filter_map(|p| if let Prepared::Write { batch, .. } = p { Some(batch) } else { None }).collect();
-    if batches.len() > 1 {
-        loop {
-            match store.write_all(&batches).await {
-                Ok(true) => {
-                    retry.reset();
-                    for p in group.iter_mut() {
-                        if let Prepared::Write { agent, batch } = p {
-                            let outcome = stored(agent, batch, &Written::default(), stats, fleet, dedup);
-                            *p = Prepared::Done(outcome);
-                        }
+    let mut one_by_one = batches.len() <= 1;
+    while !one_by_one {
+        match store.write_all(&batches).await {
+            Ok(true) => {
+                for p in group.iter_mut() {
+                    if let Prepared::Write { .. } = p
+                        && let Prepared::Write { agent, batch } = std::mem::replace(p, Prepared::Done(Outcome::Drop))
+                    {
+                        *p = Prepared::Stored { agent, batch, written: Written::default() };
                     }
-                    return Some(());
                 }
-                // Refused as a whole, or a store without combined writes: one batch at a time,
-                // so a bad point costs only its own line.
-                Ok(false) | Err(StoreError::Rejected(_)) => break,
-                Err(e) => {
-                    stats.write_retries.fetch_add(1, Relaxed);
-                    let delay = match &e {
-                        StoreError::Transient { retry_after: Some(d), .. } => *d,
-                        _ => retry.next_delay(),
-                    };
-                    tracing::warn!(batches = batches.len(), error = %e, retry_in = ?delay, "store write failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => return None,
-                    }
+                return Some(group);
+            }
+            // Refused as a whole, or a store without combined writes: one batch at a time,
+            // so a bad point costs only its own line.
+            Ok(false) | Err(StoreError::Rejected(_)) => one_by_one = true,
+            Err(e) => {
+                let delay = retry_delay(&e, &mut retry, &stats);
+                tracing::warn!(batches = batches.len(), error = %e, retry_in = ?delay, "store write failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return None,
                 }
             }
         }
     }
     for p in group.iter_mut() {
-        if let Prepared::Write { agent, batch } = p {
-            let outcome = write_one(agent, batch, store, stats, fleet, dedup, retry, shutdown).await?;
-            *p = Prepared::Done(outcome);
+        if let Prepared::Write { .. } = p
+            && let Prepared::Write { agent, batch } = std::mem::replace(p, Prepared::Done(Outcome::Drop))
+        {
+            *p = write_one(agent, batch, &store, &stats, &mut retry, &shutdown).await?;
         }
     }
-    Some(())
+    Some(group)
+}
+
+/// The delay before retrying a failed write: the database's `Retry-After` when it sent one.
+fn retry_delay(e: &StoreError, retry: &mut Backoff, stats: &CollectorStats) -> Duration {
+    stats.write_retries.fetch_add(1, Relaxed);
+    match e {
+        StoreError::Transient { retry_after: Some(d), .. } => *d,
+        _ => retry.next_delay(),
+    }
 }
 
 /// Records a stored batch and makes its ack.
@@ -323,38 +425,31 @@ fn stored(
 }
 
 /// Writes one batch, retrying transient failures; `None` when shutdown interrupted a retry.
-#[allow(clippy::too_many_arguments)]
 async fn write_one(
-    agent: &str,
-    batch: &Batch,
+    agent: String,
+    batch: Batch,
     store: &Store,
     stats: &CollectorStats,
-    fleet: &Fleet,
-    dedup: &mut Dedup,
     retry: &mut Backoff,
     shutdown: &CancellationToken,
-) -> Option<Outcome> {
-    let points = batch.point_count() as u32;
+) -> Option<Prepared> {
     loop {
-        match store.write(batch).await {
+        match store.write(&batch).await {
             Ok(written) => {
                 retry.reset();
-                return Some(stored(agent, batch, &written, stats, fleet, dedup));
+                return Some(Prepared::Stored { agent, batch, written });
             }
             Err(StoreError::Rejected(reason)) => {
                 stats.rejected.fetch_add(1, Relaxed);
+                let points = batch.point_count();
                 tracing::error!(agent, seq = batch.seq, points, %reason, "database refused a batch for good");
-                return Some(Outcome::Ack {
-                    agent: agent.to_owned(),
+                return Some(Prepared::Done(Outcome::Ack {
                     ack: Ack { seq: batch.seq, status: AckStatus::Rejected { reason } },
-                });
+                    agent,
+                }));
             }
             Err(e) => {
-                stats.write_retries.fetch_add(1, Relaxed);
-                let delay = match &e {
-                    StoreError::Transient { retry_after: Some(d), .. } => *d,
-                    _ => retry.next_delay(),
-                };
+                let delay = retry_delay(&e, retry, stats);
                 tracing::warn!(agent, seq = batch.seq, error = %e, retry_in = ?delay, "store write failed");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
