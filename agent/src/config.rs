@@ -25,6 +25,30 @@ pub struct AgentConfig {
     /// Keyed by source id, which becomes the prefix of the source's sensor ids.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Signed commands from the collector (shutdown, latch reset, new rules).
+    #[serde(default)]
+    pub commands: CommandsConfig,
+}
+
+/// Signed commands (`crate::commands`). Without `public_key` every command is refused (and
+/// audited as "commands disabled").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// The issuer's Ed25519 public key, 64 hex digits.
+    pub public_key: Option<String>,
+    /// What a `Shutdown` command fires: action ids of the rule file, fired as a rule trip fires them.
+    #[serde(default)]
+    pub shutdown_actions: Vec<String>,
+    /// Where every command is recorded (JSON Lines, fsynced); `<data_dir>/audit.jsonl` when absent.
+    pub audit_log: Option<PathBuf>,
+}
+
+impl AgentConfig {
+    /// The command audit log's path.
+    pub fn audit_log(&self) -> PathBuf {
+        self.commands.audit_log.clone().unwrap_or_else(|| self.agent.data_dir.join("audit.jsonl"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -410,6 +434,26 @@ impl AgentConfig {
                 problem("uplink.tls.cert", "cert and key go together: set both or neither".into());
             }
         }
+        let c = &self.commands;
+        if let Some(key) = &c.public_key
+            && let Err(e) = edgeloop_shared::command::VerifyingKey::from_hex(key)
+        {
+            problem("commands.public_key", format!("not an Ed25519 public key: {e}"));
+        }
+        for (i, action) in c.shutdown_actions.iter().enumerate() {
+            if c.shutdown_actions[..i].contains(action) {
+                problem("commands.shutdown_actions", format!("{action:?} is listed twice"));
+            }
+        }
+        if !c.shutdown_actions.is_empty() && self.agent.rules.is_none() {
+            problem(
+                "commands.shutdown_actions",
+                "names actions of the rule file, but [agent] rules is not set; set it or empty this list".into(),
+            );
+        }
+        if c.audit_log.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            problem("commands.audit_log", "must name a file, or be left out for <data_dir>/audit.jsonl".into());
+        }
         if self.sources.is_empty() {
             problem("sources", "no source is configured; add e.g. [sources.press-3] with kind = \"simulated\"".into());
         }
@@ -559,6 +603,25 @@ period = "10ms"
         let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("must be invalid") };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["agent.id", "uplink.in_flight", "buffer.flush_interval", "sources.press-3.period"]);
+    }
+
+    #[test]
+    fn the_commands_table_is_checked_by_key() {
+        let text = format!(
+            "{GOOD}[commands]\npublic_key = \"{}\"\nshutdown_actions = [\"relay\", \"relay\"]\naudit_log = \"\"\n",
+            "ab".repeat(31)
+        );
+        let Err(ConfigError::Invalid { problems, .. }) = parse(&text) else { panic!("must be invalid") };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["commands.public_key", "commands.shutdown_actions", "commands.shutdown_actions", "commands.audit_log"]
+        );
+        assert!(problems[0].message.contains("64 hex digits"), "{}", problems[0].message);
+        assert!(problems[2].message.contains("[agent] rules"), "{}", problems[2].message);
+        let text = format!("{GOOD}[commands]\npublic_key = \"{}\"\n", "ab".repeat(32));
+        let c = parse(&text).unwrap();
+        assert_eq!(c.audit_log(), Path::new("/tmp/x/audit.jsonl"));
     }
 
     #[test]

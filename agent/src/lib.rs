@@ -10,6 +10,8 @@
 //! - [`config`]: the TOML config, strict parsing and validation.
 //! - [`rules`]: local safety rules on the fast path (file format, engine, pipeline stage).
 //! - [`actions`]: what a firing rule does (serial trip command, MQTT publish, program).
+//! - [`commands`]: signed commands from the collector (shutdown, latch reset, new rules):
+//!   verified, checked against replays, executed, answered and audited.
 //! - [`sources`]: where readings come from (one file per kind of source).
 //! - [`features`]: window features for rules (vibration RMS, kurtosis, velocity, bands, ISO zones).
 //! - [`buffer`]: the durable buffer (redb, two priority lanes, byte limit) and the group-commit
@@ -20,6 +22,7 @@
 
 pub mod actions;
 pub mod buffer;
+pub mod commands;
 pub mod config;
 pub mod features;
 pub mod forwarder;
@@ -71,6 +74,10 @@ pub enum StartError {
     Tls(String),
     #[error("cannot serve metrics on {addr}: {error}")]
     Metrics { addr: SocketAddr, error: String },
+    #[error(transparent)]
+    Commands(#[from] commands::CommandsError),
+    #[error("commands.public_key: {0}")]
+    CommandKey(#[from] edgeloop_shared::command::KeyError),
 }
 
 /// A running agent.
@@ -295,7 +302,8 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         recording,
     };
     tasks.spawn(rules::stage::run(stage, normalised_rx, records_tx, control));
-    if let Some(path) = &config.agent.rules {
+    let rule_file_path = config.agent.rules.clone().map(|p| Arc::new(rules::RuleFilePath::new(p)));
+    if let Some(path) = &rule_file_path {
         tasks.spawn(rules::watch(
             path.clone(),
             rules::config::Context::of(config),
@@ -317,6 +325,21 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
             sd.cancel();
         }
     });
+
+    let command_settings = commands::Settings {
+        agent: config.agent.id.clone(),
+        key: config.commands.public_key.as_deref().map(edgeloop_shared::command::VerifyingKey::from_hex).transpose()?,
+        shutdown_actions: config.commands.shutdown_actions.clone(),
+        audit_log: config.audit_log(),
+        rule_file: rule_file_path,
+        rules_context: rules::config::Context::of(config),
+    };
+    let command_task =
+        commands::Commands::open(command_settings, rules_handle.clone(), stats.clone(), sources::now_ns())?;
+    let (command_tx, command_rx) = mpsc::channel(commands::INBOX);
+    let (result_tx, result_rx) = mpsc::channel(commands::INBOX);
+    tasks.spawn(commands::run(command_task, command_rx, result_tx, shutdown.clone()));
+    let command_link = forwarder::mqtt::CommandLink { inbox: command_tx, results: result_rx };
 
     let u = &config.uplink;
     let uplink = UplinkSettings {
@@ -347,7 +370,7 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
     };
     let (st, sd) = (stats.clone(), shutdown.clone());
     tasks.spawn(async move {
-        if let Err(e) = forwarder::run(uplink, buffer, committed_rx, st, reporter, sd.clone()).await {
+        if let Err(e) = forwarder::run(uplink, buffer, committed_rx, st, reporter, command_link, sd.clone()).await {
             tracing::error!(error = %e, "forwarder failed; stopping the agent");
             sd.cancel();
         }

@@ -222,6 +222,14 @@ impl Probe {
         let s = &self.stats;
         metric("actions_fired_total", "counter", "Rule actions handed off", s.actions_fired.load(Relaxed) as f64);
         metric("action_failures_total", "counter", "Rule actions that failed", s.action_failures.load(Relaxed) as f64);
+        e.family("edgeloop_agent_commands_total", "counter", "Signed commands by verdict (this run)");
+        for (verdict, count) in [("accepted", &s.commands_accepted), ("refused", &s.commands_refused)] {
+            e.sample(
+                "edgeloop_agent_commands_total",
+                &[("agent", &status.agent), ("result", verdict)],
+                count.load(Relaxed) as f64,
+            );
+        }
         type Counter = fn(&SourceCounters) -> u64;
         let per_source: [(&str, &str, Counter); 5] = [
             ("source_readings_total", "Readings taken from the source", |c| c.readings.load(Relaxed)),

@@ -39,6 +39,11 @@ pub struct AgentStats {
     pub rules_reload_failures: AtomicU64,
     /// Records the recorder could not keep up with (its queue was full), so not in the recording.
     pub records_not_recorded: AtomicU64,
+    /// Signed commands verified and executed successfully (this run).
+    pub commands_accepted: AtomicU64,
+    /// Commands refused: malformed, commands disabled, bad signature, wrong agent, expired,
+    /// replayed, or an action that could not be carried out (this run).
+    pub commands_refused: AtomicU64,
 }
 
 /// A point-in-time copy of [`AgentStats`].

@@ -131,7 +131,7 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<Internal>) -> Result<B
     // another or forge another's acks and commands (only the collector's client may).
     let publish_acl = internal.as_ref().filter(|_| !cfg.users.is_empty()).map(|i| rumqttd::PublishAcl {
         prefix: format!("{}/", crate::topic::PREFIX),
-        owner_channels: ["telemetry", "events", "status"].map(String::from).to_vec(),
+        owner_channels: ["telemetry", "events", "status", "result"].map(String::from).to_vec(),
         privileged: vec![i.client_id.clone()],
     });
     let router = RouterConfig {

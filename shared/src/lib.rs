@@ -6,12 +6,13 @@
 //! # Layout
 //! - [`backoff`]: jittered exponential retry delays (reconnects, database retries).
 //! - `broker` (feature `broker`): the embedded rumqttd MQTT broker.
+//! - `command` (feature `sign`): Ed25519 signing keys, signed commands and their verification.
 //! - `config` (feature `config`): strict TOML parsing and every-problem validation for config files.
 //! - `http` (feature `http`): the tiny HTTP server for `/metrics`, and the Prometheus text format.
 //! - [`id`]: validation of agent and sensor identifiers (they become MQTT topic levels and InfluxDB tags).
 //! - [`frame`]: the serial frame a sensor node sends (COBS + version byte + postcard + CRC-32) and its
 //!   incremental, never-panicking decoder.
-//! - [`model`] (`alloc`): reading, event, command and ack.
+//! - [`model`] (`alloc`): reading, event, command (signed, and its result) and ack.
 //! - [`batch`] (`alloc`): the uplink batch an agent sends to the collector, and its versioned wire format.
 //! - [`codec`] (`alloc`): compact columnar encoding of one sensor's points (predicted, bit-packed).
 //! - [`units`]: human-readable durations and sizes for config files (`"250ms"`, `"64MiB"`).
@@ -24,6 +25,8 @@ extern crate alloc;
 pub mod backoff;
 #[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "sign")]
+pub mod command;
 #[cfg(feature = "config")]
 pub mod config;
 pub mod frame;

@@ -1,6 +1,6 @@
 //! The data model both ends share: readings, events, acks, commands and agent status.
 //!
-//! Ack and command travel as versioned messages ([`to_wire`] / [`from_wire`]); readings and events
+//! Ack, signed command and command result travel as versioned messages ([`to_wire`] / [`from_wire`]); readings and events
 //! travel inside a [`crate::batch::Batch`].
 
 use alloc::{string::String, vec::Vec};
@@ -51,6 +51,8 @@ pub enum EventKind {
     /// The agent found `batches` unreadable batches in its buffer (bad checksum, or a damaged
     /// file) and set them aside instead of sending them.
     Quarantined { batches: u64 },
+    /// The agent executed signed command `id` (subject: the action, message: issuer and outcome).
+    Command { id: u64 },
 }
 
 impl EventKind {
@@ -66,6 +68,7 @@ impl EventKind {
             EventKind::ClockSkew { .. } => "clock_skew",
             EventKind::RulesLoaded { .. } => "rules_loaded",
             EventKind::Quarantined { .. } => "quarantined",
+            EventKind::Command { .. } => "command",
         }
     }
 }
@@ -116,11 +119,20 @@ pub enum AckStatus {
     Rejected { reason: String },
 }
 
-/// An instruction from the collector to one agent, on the agent's `cmd` topic.
+/// An instruction to one agent. It never travels bare: the wire form is a [`SignedCommand`] whose
+/// `body` is this command's [`to_wire`] bytes (see `crate::command`, feature `sign`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Command {
+    /// Unique per issuer key: the agent refuses an id it has already executed (replay).
     pub id: u64,
+    /// The agent it is meant for; an agent refuses a command addressed to another.
+    pub agent: String,
+    /// Nanoseconds since the Unix epoch, UTC.
     pub issued_ns: i64,
+    /// The agent refuses the command after this instant (ns since the Unix epoch).
+    pub expires_ns: i64,
+    /// Who asked for it: an API user, or `automation:<rule>`.
+    pub issuer: String,
     pub action: CommandAction,
 }
 
@@ -131,6 +143,55 @@ pub enum CommandAction {
     Shutdown { reason: String },
     /// Release the latch of one rule.
     ResetLatch { rule: String },
+    /// Replace the agent's rule file with `toml` (validated in full, then hot-reloaded).
+    PushRules { toml: String },
+}
+
+impl CommandAction {
+    /// A stable lower-case name, e.g. for an audit record or a database tag.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            CommandAction::Shutdown { .. } => "shutdown",
+            CommandAction::ResetLatch { .. } => "reset_latch",
+            CommandAction::PushRules { .. } => "push_rules",
+        }
+    }
+
+    /// One line for people: `shutdown (reason: ...)`, `reset_latch overtemp`, `push_rules (812 bytes)`.
+    pub fn summary(&self) -> String {
+        match self {
+            CommandAction::Shutdown { reason } => alloc::format!("shutdown (reason: {reason})"),
+            CommandAction::ResetLatch { rule } => alloc::format!("reset_latch {rule}"),
+            CommandAction::PushRules { toml } => alloc::format!("push_rules ({} bytes)", toml.len()),
+        }
+    }
+}
+
+/// The wire form of a [`Command`], on the agent's `cmd` topic (sent with [`to_wire`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedCommand {
+    /// Names the signing key (informative: the signature decides).
+    pub key_id: String,
+    /// The command's [`to_wire`] bytes, exactly as signed.
+    pub body: Vec<u8>,
+    /// Ed25519 signature over `body`.
+    pub signature: Vec<u8>,
+}
+
+/// An agent's answer to a command, on its `result` topic (sent with [`to_wire`]); also sent for a
+/// refused command whenever its id and agent could be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub id: u64,
+    pub agent: String,
+    /// Executed (`true`) or refused / failed (`false`).
+    pub ok: bool,
+    /// For people: `latch overtemp released`, `refused: bad signature`, `rules version 3 running`.
+    pub outcome: String,
+    /// When the agent answered (ns since the Unix epoch).
+    pub ts_ns: i64,
+    /// The rule-set version running after the command.
+    pub rules_version: Option<u64>,
 }
 
 /// What an agent says about itself on `edgeloop/v1/{agent}/status`, retained, so a collector
@@ -208,8 +269,26 @@ mod tests {
     fn acks_and_commands_round_trip() {
         let ack = Ack { seq: 42, status: AckStatus::Stored { points: 1000 } };
         assert_eq!(from_wire::<Ack>(&to_wire(&ack).unwrap()), Ok(ack));
-        let cmd = Command { id: 7, issued_ns: 1, action: CommandAction::ResetLatch { rule: "overtemp".into() } };
-        assert_eq!(from_wire::<Command>(&to_wire(&cmd).unwrap()), Ok(cmd));
+        let cmd = Command {
+            id: 7,
+            agent: "gw-1".into(),
+            issued_ns: 1,
+            expires_ns: 2,
+            issuer: "alice".into(),
+            action: CommandAction::ResetLatch { rule: "overtemp".into() },
+        };
+        assert_eq!(from_wire::<Command>(&to_wire(&cmd).unwrap()), Ok(cmd.clone()));
+        let signed = SignedCommand { key_id: "0a1b2c3d".into(), body: to_wire(&cmd).unwrap(), signature: vec![1; 64] };
+        assert_eq!(from_wire::<SignedCommand>(&to_wire(&signed).unwrap()), Ok(signed));
+        let result = CommandResult {
+            id: 7,
+            agent: "gw-1".into(),
+            ok: true,
+            outcome: "latch overtemp released".into(),
+            ts_ns: 3,
+            rules_version: Some(2),
+        };
+        assert_eq!(from_wire::<CommandResult>(&to_wire(&result).unwrap()), Ok(result));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! | `events`    | agent → collector  | reserved for the priority lane of events  |
 //! | `status`    | agent → collector  | agent status (retained, last will)        |
 //! | `ack`       | collector → agent  | [`crate::model::Ack`]                     |
-//! | `cmd`       | collector → agent  | [`crate::model::Command`]                 |
+//! | `cmd`       | collector → agent  | [`crate::model::SignedCommand`]           |
+//! | `result`    | agent → collector  | [`crate::model::CommandResult`]           |
 
 /// Every edgeloop topic starts with this.
 pub const PREFIX: &str = "edgeloop/v1";
@@ -20,6 +21,8 @@ pub enum Channel {
     Status,
     Ack,
     Cmd,
+    /// The agent's answers to commands.
+    Result,
 }
 
 impl Channel {
@@ -30,6 +33,7 @@ impl Channel {
             Channel::Status => "status",
             Channel::Ack => "ack",
             Channel::Cmd => "cmd",
+            Channel::Result => "result",
         }
     }
 
@@ -40,6 +44,7 @@ impl Channel {
             "status" => Channel::Status,
             "ack" => Channel::Ack,
             "cmd" => Channel::Cmd,
+            "result" => Channel::Result,
             _ => return None,
         })
     }
@@ -72,7 +77,7 @@ mod tests {
 
     #[test]
     fn topics_round_trip() {
-        for ch in [Channel::Telemetry, Channel::Events, Channel::Status, Channel::Ack, Channel::Cmd] {
+        for ch in [Channel::Telemetry, Channel::Events, Channel::Status, Channel::Ack, Channel::Cmd, Channel::Result] {
             let t = topic("gw-1", ch);
             assert_eq!(parse(&t), Some(("gw-1", ch)));
         }

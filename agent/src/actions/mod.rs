@@ -103,8 +103,10 @@ impl Actions {
         Self { actions, stats }
     }
 
-    /// Fires `ids` for `rule`; never waits. A failure to hand off is logged and counted.
-    pub fn fire(&self, file: &RuleFile, ids: &[String], rule: &str, sensor: &str, value: f64) {
+    /// Fires `ids` for `rule`; never waits. A failure to hand off is logged and counted, and
+    /// returned (`"<action>: <why>"`, empty when every action was handed off).
+    pub fn fire(&self, file: &RuleFile, ids: &[String], rule: &str, sensor: &str, value: f64) -> Vec<String> {
+        let mut failures = Vec::new();
         for id in ids {
             let handed_off = match self.actions.get(id) {
                 Some(Action::Serial { port }) => {
@@ -138,9 +140,11 @@ impl Actions {
                 Err(e) => {
                     self.stats.action_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::error!(action = %id, rule, error = %e, "action could not be started");
+                    failures.push(format!("{id}: {e}"));
                 }
             }
         }
+        failures
     }
 }
 

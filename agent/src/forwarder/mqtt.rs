@@ -4,6 +4,10 @@
 //! and reports what happened over a channel; the forwarder task owns the [`Window`] and publishes
 //! with `try_publish`, so it never blocks on a full client queue and never deadlocks with the poll
 //! task.
+//!
+//! The same connection carries signed commands: the poll task routes a publish on the agent's
+//! `cmd` topic straight to the commands task (`try_send`, never waiting), and the forwarder
+//! publishes the commands task's results on the `result` topic.
 
 use std::{
     sync::{Arc, atomic::Ordering::Relaxed},
@@ -75,6 +79,18 @@ impl std::fmt::Debug for TlsFiles {
     }
 }
 
+/// The commands task's side of the uplink.
+pub struct CommandLink {
+    /// Payloads received on `edgeloop/v1/{agent}/cmd`. When it is full a command is dropped
+    /// (logged): the issuer sees no result and may send it again.
+    pub inbox: mpsc::Sender<Vec<u8>>,
+    /// `CommandResult` payloads to publish on `edgeloop/v1/{agent}/result`.
+    pub results: mpsc::Receiver<Vec<u8>>,
+}
+
+/// Results waiting for the client queue or the connection; the oldest go first when full.
+const PENDING_RESULTS: usize = 64;
+
 enum Uplink {
     Connected,
     Disconnected,
@@ -88,8 +104,14 @@ pub async fn run(
     mut committed: watch::Receiver<u64>,
     stats: Arc<AgentStats>,
     reporter: Reporter,
+    commands: CommandLink,
     shutdown: CancellationToken,
 ) -> Result<(), BufferError> {
+    let CommandLink { inbox: cmd_inbox, results: mut cmd_results } = commands;
+    let cmd_topic = topic(&settings.agent, Channel::Cmd);
+    let result_topic = topic(&settings.agent, Channel::Result);
+    let mut pending_results: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    let mut results_open = true;
     let telemetry_topic = topic(&settings.agent, Channel::Telemetry);
     let status_topic = topic(&settings.agent, Channel::Status);
     let ack_topic = topic(&settings.agent, Channel::Ack);
@@ -120,6 +142,7 @@ pub async fn run(
     let poll_shutdown = poll_stop.clone();
     let agent = settings.agent.clone();
     let poll_ack_topic = ack_topic.clone();
+    let poll_cmd_topic = cmd_topic.clone();
     let mut backoff = Backoff::seeded(settings.reconnect_min, settings.reconnect_max);
     let poller = tokio::spawn(async move {
         // Warn when the link goes down, not at every failed attempt to bring it back.
@@ -136,6 +159,12 @@ pub async fn run(
                     Uplink::Connected
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) if p.topic == poll_ack_topic => Uplink::Ack(p.payload.to_vec()),
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == poll_cmd_topic => {
+                    if let Err(e) = cmd_inbox.try_send(p.payload.to_vec()) {
+                        tracing::warn!(agent = %agent, error = %e, "command queue full or closed; command dropped");
+                    }
+                    continue;
+                }
                 // Our own goodbye: the connection closing after it is no news.
                 Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                     up = false;
@@ -209,6 +238,12 @@ pub async fn run(
                 }
             }
         }
+        while connected && let Some(result) = pending_results.front() {
+            if client.try_publish(&result_topic, QoS::AtLeastOnce, false, result.clone()).is_err() {
+                break; // client queue full: the next tick tries again
+            }
+            pending_results.pop_front();
+        }
         tokio::select! {
             event = events.recv() => match event {
                 Some(Uplink::Connected) => {
@@ -218,6 +253,9 @@ pub async fn run(
                     stats.uplink_connected.store(true, Relaxed);
                     if client.try_subscribe(&ack_topic, QoS::AtLeastOnce).is_err() {
                         tracing::warn!(agent = %settings.agent, "cannot queue the ack subscription");
+                    }
+                    if client.try_subscribe(&cmd_topic, QoS::AtLeastOnce).is_err() {
+                        tracing::warn!(agent = %settings.agent, "cannot queue the command subscription");
                     }
                     // Everything committed from here on is live; what is older is the backlog.
                     let live_from = match settings.catch_up {
@@ -240,6 +278,16 @@ pub async fn run(
                     on_acks(&settings.agent, &mut acks, &mut windows, &buffer, &stats).await?;
                 }
                 None => break,
+            },
+            result = cmd_results.recv(), if results_open => match result {
+                Some(result) => {
+                    if pending_results.len() >= PENDING_RESULTS {
+                        pending_results.pop_front();
+                        tracing::warn!(agent = %settings.agent, "too many command results waiting; dropped the oldest");
+                    }
+                    pending_results.push_back(result);
+                }
+                None => results_open = false,
             },
             _ = committed.changed() => {}
             _ = tick.tick() => {

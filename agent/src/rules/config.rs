@@ -297,6 +297,8 @@ pub struct Context {
     pub known: bool,
     pub serial_sources: Vec<String>,
     pub mqtt_sources: Vec<String>,
+    /// The actions the agent config's `commands.shutdown_actions` fires: the file must define them.
+    pub shutdown_actions: Vec<String>,
 }
 
 impl Context {
@@ -309,6 +311,7 @@ impl Context {
             known: true,
             serial_sources: ids(|s| matches!(s, SourceConfig::Serial(_))),
             mqtt_sources: ids(|s| matches!(s, SourceConfig::Mqtt(_))),
+            shutdown_actions: config.commands.shutdown_actions.clone(),
         }
     }
 }
@@ -453,6 +456,16 @@ impl RuleFile {
                 _ => {}
             }
         }
+        for a in &ctx.shutdown_actions {
+            if !self.actions.contains_key(a) {
+                problem(
+                    format!("actions.{a}"),
+                    format!(
+                        "the agent config's commands.shutdown_actions fires {a:?}; define [actions.{a}] or remove it there"
+                    ),
+                );
+            }
+        }
         out
     }
 }
@@ -486,7 +499,24 @@ mod tests {
     use super::*;
 
     fn ctx() -> Context {
-        Context { known: true, serial_sources: vec!["node-1".into()], mqtt_sources: vec!["line".into()] }
+        Context {
+            known: true,
+            serial_sources: vec!["node-1".into()],
+            mqtt_sources: vec!["line".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_shutdown_actions_of_the_agent_config_must_exist() {
+        let text = "[actions.relay]\nkind = \"serial\"\nsource = \"node-1\"\n";
+        let ctx = Context { shutdown_actions: vec!["relay".into(), "siren".into()], ..ctx() };
+        let Err(RuleFileError::Invalid { problems, .. }) = RuleFile::parse(text, Path::new("r.toml"), &ctx) else {
+            panic!("must be invalid")
+        };
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "actions.siren");
+        assert!(problems[0].message.contains("commands.shutdown_actions"), "{}", problems[0].message);
     }
 
     #[test]

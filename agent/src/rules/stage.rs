@@ -11,7 +11,7 @@ use std::{
     time::Instant,
 };
 
-use edgeloop_shared::model::EventKind;
+use edgeloop_shared::model::{Event, EventKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -58,6 +58,13 @@ pub enum Control {
         file: RuleFile,
         reply: oneshot::Sender<Result<u64, String>>,
     },
+    /// A command was executed: fire `actions` (as a trip of rule `subject` would) and record
+    /// `event`; answers the actions that could not be handed off.
+    Command {
+        event: Event,
+        actions: Vec<String>,
+        reply: oneshot::Sender<Vec<String>>,
+    },
 }
 
 /// Sends requests to the running rules stage. Cheap to clone.
@@ -87,6 +94,25 @@ impl RulesHandle {
             return Err("the agent is stopping".into());
         }
         answer.await.unwrap_or_else(|_| Err("the agent is stopping".into()))
+    }
+
+    /// Fires `actions` of the running rule file (as a trip of rule `event.subject` would fire
+    /// them) and records `event` in the buffer, behind every record already in the stage.
+    ///
+    /// # Errors
+    /// The actions that could not be handed off (`"<action>: <why>"`), or that the agent is
+    /// stopping; the event is recorded either way unless the agent is stopping.
+    pub async fn command(&self, event: Event, actions: Vec<String>) -> Result<(), Vec<String>> {
+        let stopping = || vec!["the agent is stopping".to_owned()];
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Control::Command { event, actions, reply }).await.is_err() {
+            return Err(stopping());
+        }
+        match answer.await {
+            Ok(failures) if failures.is_empty() => Ok(()),
+            Ok(failures) => Err(failures),
+            Err(_) => Err(stopping()),
+        }
     }
 
     /// The rules latched right now.
@@ -123,7 +149,8 @@ impl Stage {
         for o in outcomes.drain(..) {
             match o {
                 Outcome::Fire { rule, actions, sensor, value } => {
-                    self.actions.fire(&self.file, &actions, &rule, &sensor, value);
+                    // Failures are logged and counted by `fire`.
+                    let _ = self.actions.fire(&self.file, &actions, &rule, &sensor, value);
                 }
                 Outcome::Latch { rule, latched } => {
                     if let Ok(mut view) = self.latched_view.lock() {
@@ -243,6 +270,12 @@ pub async fn run(
                         }
                     };
                     let _ = reply.send(answer);
+                }
+                Some(Control::Command { event, actions, reply }) => {
+                    let failures = stage.actions.fire(&stage.file, &actions, &event.subject, "", 0.0);
+                    tracing::warn!(subject = %event.subject, message = %event.message, "command executed");
+                    forward.push(Record::Event(event));
+                    let _ = reply.send(failures);
                 }
                 None => control_open = false,
             },
