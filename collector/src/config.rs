@@ -18,6 +18,56 @@ pub struct CollectorConfig {
     pub fleet: FleetConfig,
     /// `/metrics` (Prometheus) and `/fleet` (JSON); off when absent.
     pub api: Option<ApiConfig>,
+    /// Fleet rules, alerts, notifications, commands; off when absent.
+    pub automation: Option<AutomationConfig>,
+    /// Notification channels by id, named by the fleet rules' `notify`.
+    #[serde(default)]
+    pub notify: std::collections::BTreeMap<String, crate::automation::notify::ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutomationConfig {
+    /// The fleet rule file (re-read when it changes).
+    pub rules: PathBuf,
+    /// Alert state, learned baselines, the notification outbox and the audit log live here.
+    pub state_dir: PathBuf,
+    /// The dashboard's address as people reach it; alerts link to `<dashboard_url>/#/agents/<agent>`.
+    pub dashboard_url: Option<String>,
+    /// Ed25519 signing key for commands (a file holding the seed as hex; make one with
+    /// `edgeloop-collector keygen FILE`). Without it, no command is sent.
+    pub signing_key: Option<PathBuf>,
+    /// How long a command stays valid for its agent.
+    #[serde(default = "default_command_ttl")]
+    pub command_ttl: HumanDuration,
+    /// How often the rule file is checked for changes.
+    #[serde(default = "default_rules_check")]
+    pub rules_check_interval: HumanDuration,
+    /// An alert changing state this often within `flap_window` is flapping: its notifications are
+    /// held until it settles (0: off).
+    #[serde(default = "default_flap_threshold")]
+    pub flap_threshold: u32,
+    #[serde(default = "default_flap_window")]
+    pub flap_window: HumanDuration,
+    /// Resolved alerts stay visible this long.
+    #[serde(default = "default_resolved_retention")]
+    pub resolved_retention: HumanDuration,
+}
+
+fn default_command_ttl() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
+}
+fn default_rules_check() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(2))
+}
+fn default_flap_threshold() -> u32 {
+    6
+}
+fn default_flap_window() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(1800))
+}
+fn default_resolved_retention() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(24 * 3600))
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -16,6 +16,7 @@
 //! - [`metrics`]: Prometheus `/metrics` and `/fleet` (JSON).
 //! - [`stats`]: the collector's counters and histograms.
 
+pub mod automation;
 pub mod config;
 pub mod fleet;
 pub mod ingest;
@@ -142,7 +143,15 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
     };
     let (consuming_tx, mut consuming) = tokio::sync::watch::channel(false);
     let fleet = Arc::new(fleet::Fleet::load(config.fleet.state_file.clone()));
-    tasks.spawn(ingest::run(settings, store.clone(), stats.clone(), fleet.clone(), consuming_tx, shutdown.clone()));
+    tasks.spawn(ingest::run(
+        settings,
+        store.clone(),
+        stats.clone(),
+        fleet.clone(),
+        consuming_tx,
+        None,
+        shutdown.clone(),
+    ));
     let api_addr = match &config.api {
         Some(api) => {
             let (listener, addr) = edgeloop_shared::http::bind(api.listen)

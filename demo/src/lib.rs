@@ -79,6 +79,8 @@ pub async fn run(
         store,
         fleet: Default::default(),
         api: None,
+        automation: None,
+        notify: Default::default(),
     };
     let collector_stop = CancellationToken::new();
     let collector = edgeloop_collector::start(&collector_cfg, collector_stop.clone()).await?;
@@ -125,6 +127,7 @@ pub async fn run(
             },
             buffer: BufferConfig::default(),
             metrics: None,
+            commands: Default::default(),
             sources: BTreeMap::from([(
                 format!("machine-{i}"),
                 SourceConfig::Simulated(SimulatedConfig {

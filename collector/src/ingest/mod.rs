@@ -6,4 +6,4 @@
 pub mod dedup;
 pub mod mqtt;
 
-pub use mqtt::{IngestSettings, WriteBounds, run};
+pub use mqtt::{IngestSettings, Tap, WriteBounds, run};

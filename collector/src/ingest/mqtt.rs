@@ -16,7 +16,7 @@ use std::{
 use edgeloop_shared::{
     backoff::Backoff,
     batch::Batch,
-    model::{Ack, AckStatus, Presence, from_wire, to_wire},
+    model::{Ack, AckStatus, CommandResult, Presence, from_wire, to_wire},
     topic::{self, Channel},
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, Publish, QoS};
@@ -48,6 +48,17 @@ pub struct IngestSettings {
     pub write: WriteBounds,
 }
 
+/// Where the ingest hands what it has stored (and the agents' command results) on to the
+/// automation. Bounded: when the automation falls behind, the ingest waits for it, and the
+/// agents keep their batches until it catches up (backpressure, nothing skipped).
+#[derive(Clone)]
+pub struct Tap {
+    pub stored: mpsc::Sender<Arc<Batch>>,
+    pub results: mpsc::Sender<CommandResult>,
+    /// Receives the ingest's MQTT client, for publishing commands to agents.
+    pub client: watch::Sender<Option<AsyncClient>>,
+}
+
 /// What became of one message.
 #[derive(Debug, PartialEq)]
 enum Outcome {
@@ -63,6 +74,7 @@ pub async fn run(
     stats: Arc<CollectorStats>,
     fleet: Arc<Fleet>,
     consuming: watch::Sender<bool>,
+    tap: Option<Tap>,
     shutdown: CancellationToken,
 ) {
     let mut opts = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
@@ -79,6 +91,9 @@ pub async fn run(
         opts.set_credentials(u, p);
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    if let Some(tap) = &tap {
+        tap.client.send_replace(Some(client.clone()));
+    }
     let mut net = NetworkOptions::new();
     net.set_tcp_nodelay(true);
     net.set_connection_timeout(5);
@@ -91,6 +106,7 @@ pub async fn run(
     let mut backoff = Backoff::seeded(settings.write.retry_min, settings.write.retry_max);
     let mut suback_count = 0u64;
     let status_filter = topic::all_agents(Channel::Status);
+    let result_filter = topic::all_agents(Channel::Result);
     let filter = match &settings.shared_group {
         Some(group) => format!("$share/{group}/{}", topic::all_agents(Channel::Telemetry)),
         None => topic::all_agents(Channel::Telemetry),
@@ -113,11 +129,16 @@ pub async fn run(
                     if poll_client.try_subscribe(&status_filter, QoS::AtLeastOnce).is_err() {
                         tracing::error!("cannot queue the status subscription");
                     }
+                    // Command results go to every collector too; the one that sent the command
+                    // (its automation knows the id) audits it, the others ignore it.
+                    if poll_client.try_subscribe(&result_filter, QoS::AtLeastOnce).is_err() {
+                        tracing::error!("cannot queue the command-result subscription");
+                    }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     suback_count += 1;
-                    // Consuming once both subscriptions of this connection are confirmed.
-                    if suback_count == 2 {
+                    // Consuming once the three subscriptions of this connection are confirmed.
+                    if suback_count == 3 {
                         consuming.send_replace(true);
                     }
                 }
@@ -150,7 +171,7 @@ pub async fn run(
         if pipeline.len() >= bounds.concurrency.max(1) {
             let Some(mut oldest) = pipeline.pop_front() else { break };
             let result = (&mut oldest.task).await;
-            if !settle(oldest, result, &client, &stats, &fleet, &mut dedup).await {
+            if !settle(oldest, result, &client, &stats, &fleet, &mut dedup, tap.as_ref()).await {
                 break 'messages;
             }
             continue;
@@ -160,7 +181,7 @@ pub async fn run(
             // Answer finished writes as soon as they finish, not when the next message comes.
             result = front_finished(&mut pipeline) => {
                 let Some(oldest) = pipeline.pop_front() else { continue };
-                if !settle(oldest, result, &client, &stats, &fleet, &mut dedup).await {
+                if !settle(oldest, result, &client, &stats, &fleet, &mut dedup, tap.as_ref()).await {
                     break 'messages;
                 }
                 continue;
@@ -186,7 +207,8 @@ pub async fn run(
             points += points_of(&next);
             group.push(next);
         }
-        let prepared: Vec<Prepared> = group.iter().map(|p| prepare(p, &stats, &fleet, &mut dedup)).collect();
+        let prepared: Vec<Prepared> =
+            group.iter().map(|p| prepare(p, &stats, &fleet, &mut dedup, tap.as_ref())).collect();
         let task = tokio::spawn(write_group(
             prepared,
             store.clone(),
@@ -231,6 +253,7 @@ async fn settle(
     stats: &CollectorStats,
     fleet: &Fleet,
     dedup: &mut Dedup,
+    tap: Option<&Tap>,
 ) -> bool {
     let settled = match result {
         Ok(Some(s)) => s,
@@ -240,7 +263,15 @@ async fn settle(
     for (publish, prepared) in w.group.iter().zip(settled) {
         let outcome = match prepared {
             Prepared::Done(o) => o,
-            Prepared::Stored { agent, batch, written } => stored(&agent, &batch, &written, stats, fleet, dedup),
+            Prepared::Stored { agent, batch, written } => {
+                let outcome = stored(&agent, &batch, &written, stats, fleet, dedup);
+                if let Some(tap) = tap
+                    && tap.stored.send(Arc::new(batch)).await.is_err()
+                {
+                    tracing::debug!("the automation has stopped");
+                }
+                outcome
+            }
             // Not reached: the write task settles every batch or returns None.
             Prepared::Write { .. } => Outcome::Drop,
         };
@@ -292,7 +323,27 @@ enum Prepared {
 }
 
 /// Decodes and checks a message; status messages update the fleet registry.
-fn prepare(publish: &Publish, stats: &CollectorStats, fleet: &Fleet, dedup: &mut Dedup) -> Prepared {
+fn prepare(publish: &Publish, stats: &CollectorStats, fleet: &Fleet, dedup: &mut Dedup, tap: Option<&Tap>) -> Prepared {
+    if let Some((agent, Channel::Result)) = topic::parse(&publish.topic) {
+        match from_wire::<CommandResult>(&publish.payload) {
+            Ok(r) if r.agent == agent => {
+                if let Some(tap) = tap
+                    && tap.results.try_send(r).is_err()
+                {
+                    tracing::warn!(agent, "command result dropped: the automation is not keeping up");
+                }
+            }
+            Ok(r) => {
+                stats.spoofed.fetch_add(1, Relaxed);
+                tracing::warn!(topic_agent = agent, result_agent = %r.agent, "command result claims another agent; dropped");
+            }
+            Err(e) => {
+                stats.malformed.fetch_add(1, Relaxed);
+                tracing::warn!(agent, error = %e, "malformed command result dropped");
+            }
+        }
+        return Prepared::Done(Outcome::Drop);
+    }
     if let Some((agent, Channel::Status)) = topic::parse(&publish.topic) {
         match from_wire::<Presence>(&publish.payload) {
             Ok(p) => fleet.on_presence(agent, p),

@@ -92,6 +92,8 @@ pub fn collector_config(listen: SocketAddr, store: StoreConfig) -> CollectorConf
         store,
         fleet: Default::default(),
         api: None,
+        automation: None,
+        notify: Default::default(),
     }
 }
 
@@ -116,6 +118,7 @@ pub fn agent_config(id: &str, data_dir: &Path, broker: SocketAddr, sim: Simulate
         },
         buffer: BufferConfig::default(),
         metrics: None,
+        commands: Default::default(),
         sources: BTreeMap::from([("machine".to_string(), SourceConfig::Simulated(sim))]),
     }
 }
