@@ -20,6 +20,7 @@ pub mod automation;
 pub mod config;
 pub mod fleet;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod stats;
 pub mod store;
@@ -45,6 +46,8 @@ pub enum StartError {
     Broker(#[from] BrokerError),
     #[error("the collector could not subscribe to its embedded broker within {0:?}")]
     NotConsuming(std::time::Duration),
+    #[error(transparent)]
+    Automation(#[from] automation::AutomationError),
     #[error("cannot serve the API on {addr}: {error}")]
     Api { addr: SocketAddr, error: String },
 }
@@ -53,6 +56,10 @@ pub enum StartError {
 pub struct Collector {
     pub stats: Arc<CollectorStats>,
     pub fleet: Arc<fleet::Fleet>,
+    /// What was just stored (recent windows, latest values, events), for the API.
+    pub live: Arc<live::Live>,
+    /// Fleet rules, alerts, commands, when `[automation]` is configured.
+    pub automation: Option<Arc<automation::Automation>>,
     api_addr: Option<SocketAddr>,
     consuming: tokio::sync::watch::Receiver<bool>,
     pub store: Arc<Store>,
@@ -143,13 +150,29 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
     };
     let (consuming_tx, mut consuming) = tokio::sync::watch::channel(false);
     let fleet = Arc::new(fleet::Fleet::load(config.fleet.state_file.clone()));
+    let live = Arc::new(live::Live::new(std::time::Duration::from_secs(15 * 60), 450));
+    let (client_tx, client_rx) = tokio::sync::watch::channel(None);
+    let mut tap = ingest::Tap { live: live.clone(), stored: None, results: None, client: client_tx };
+    let automation = match &config.automation {
+        Some(auto) => {
+            let a = automation::start(auto, config.notify.clone(), client_rx, shutdown.clone())?;
+            let (stored_tx, stored) = tokio::sync::mpsc::channel(256);
+            let (results_tx, results) = tokio::sync::mpsc::channel(256);
+            tap.stored = Some(stored_tx);
+            tap.results = Some(results_tx);
+            let inputs = automation::Inputs { stored, results };
+            tasks.spawn(automation::run(a.clone(), auto.clone(), inputs, fleet.clone(), shutdown.clone()));
+            Some(a)
+        }
+        None => None,
+    };
     tasks.spawn(ingest::run(
         settings,
         store.clone(),
         stats.clone(),
         fleet.clone(),
         consuming_tx,
-        None,
+        Some(tap),
         shutdown.clone(),
     ));
     let api_addr = match &config.api {
@@ -172,5 +195,5 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
             return Err(StartError::NotConsuming(limit));
         }
     }
-    Ok(Collector { stats, fleet, api_addr, consuming, store, broker, tasks, shutdown })
+    Ok(Collector { stats, fleet, live, automation, api_addr, consuming, store, broker, tasks, shutdown })
 }

@@ -1,4 +1,28 @@
-//! Central automation (work in progress).
+//! Central automation: the fleet's stream in, alerts people can live with and commands to the
+//! machines out.
+//!
+//! ```text
+//! ingest (stored batches) ─► engine: fleet rules ─► alert book ─► notifier (webhook, Slack, PagerDuty, SMTP)
+//! fleet registry ─────────►  (threshold, absence,     (lifecycle, grouping,
+//!                             anomaly, prediction)     silences, inhibition)
+//!                                   └─► command requests ─► commander (sign, send, audit) ─► agents
+//! ```
+//!
+//! # Layout
+//! - [`rules`]: the fleet rule file (strict TOML, validated, hot-reloaded).
+//! - [`engine`]: the rules evaluated on batches and on a clock tick; pure state.
+//! - [`detect`]: per-series anomaly detection (robust z-score, CUSUM).
+//! - [`predict`]: trend fitting and time-to-limit with its interval.
+//! - [`monitor`]: detect + predict for one condition indicator, as the engine runs it.
+//! - [`alerts`]: the alert lifecycle (pending, firing, resolved; ack, silence, inhibit, group).
+//! - [`notify`]: notification channels with a durable outbox.
+//! - [`commands`]: signed commands to agents and the audit log.
+//! - [`synthetic`]: the synthetic run-to-failure set the tests and benchmarks score against.
+//! - [`model`]: the types people see (alerts, notifications, predictions).
+//!
+//! Only one collector of a fleet should run the automation (set `[automation]` on it alone): its
+//! state (alerts, baselines) lives in its `state_dir` and survives its restarts.
+
 pub mod alerts;
 pub mod commands;
 pub mod detect;
@@ -9,3 +33,323 @@ pub mod notify;
 pub mod predict;
 pub mod rules;
 pub mod synthetic;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime},
+};
+
+use edgeloop_shared::{
+    batch::Batch,
+    model::{CommandAction, CommandResult},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    alerts::{AlertBook, AlertView, AlertsConfig, Silence, SilenceView},
+    commands::{AuditLog, AuditRecord, AwaitingApproval, CommandError, Commander},
+    engine::{Engine, EngineState},
+    notify::{ChannelStats, NotifierHandle},
+    rules::{Approval, CommandKind, FleetRules},
+};
+use crate::{config::AutomationConfig, fleet::Fleet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AutomationError {
+    #[error("cannot load the fleet rules: {0}")]
+    Rules(#[from] edgeloop_shared::config::ConfigError),
+    #[error("cannot use the state directory {path}: {error}")]
+    StateDir { path: PathBuf, error: std::io::Error },
+    #[error("the saved alert state {path} does not load: {error}")]
+    State { path: PathBuf, error: String },
+    #[error(transparent)]
+    Alert(#[from] alerts::AlertError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyError),
+}
+
+/// The running automation; shared by the task and the HTTP API.
+pub struct Automation {
+    engine: Mutex<Engine>,
+    commander: tokio::sync::Mutex<Commander>,
+    notifier: NotifierHandle,
+    audit_path: PathBuf,
+    state_dir: PathBuf,
+}
+
+pub fn now_ns() -> i64 {
+    crate::fleet::now_ns()
+}
+
+impl Automation {
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every alert the book holds, with its dashboard link and why it is (not) notified.
+    pub fn alerts(&self) -> Vec<AlertView> {
+        self.engine().alerts()
+    }
+
+    pub fn ack(&self, fingerprint: &str, by: &str) -> Result<AlertView, alerts::AlertError> {
+        let mut e = self.engine();
+        e.book.ack(fingerprint, by, now_ns())?;
+        e.alerts()
+            .into_iter()
+            .find(|v| v.alert.fingerprint == fingerprint)
+            .ok_or_else(|| alerts::AlertError::UnknownAlert { fingerprint: fingerprint.into() })
+    }
+
+    pub fn silence(&self, silence: Silence) -> Result<String, alerts::AlertError> {
+        self.engine().book.silence(silence)
+    }
+
+    pub fn expire_silence(&self, id: &str) -> Result<(), alerts::AlertError> {
+        self.engine().book.expire_silence(id, now_ns())
+    }
+
+    pub fn silences(&self) -> Vec<SilenceView> {
+        self.engine().book.silences(now_ns())
+    }
+
+    /// Signs and sends a command a person asked for (the API checked their role).
+    pub async fn command(&self, agent: &str, action: CommandAction, issuer: &str) -> Result<u64, CommandError> {
+        self.commander.lock().await.send(agent, action, issuer, now_ns()).await
+    }
+
+    /// Audits a command request refused before signing (e.g. the caller's role).
+    pub async fn refuse_command(&self, agent: &str, action: &CommandAction, issuer: &str, why: &str) {
+        self.commander.lock().await.refused(agent, issuer, action, why, now_ns());
+    }
+
+    pub async fn approvals(&self) -> Vec<AwaitingApproval> {
+        self.commander.lock().await.awaiting.clone()
+    }
+
+    pub async fn approve(&self, id: u64, by: &str) -> Result<u64, CommandError> {
+        self.commander.lock().await.approve(id, by, now_ns()).await
+    }
+
+    /// The last `n` audit records, newest first.
+    pub fn audit(&self, n: usize) -> Vec<AuditRecord> {
+        let log = AuditLog::open(&self.audit_path);
+        let mut out = log.map(|l| l.recent(n)).unwrap_or_default();
+        out.reverse();
+        out
+    }
+
+    /// The public key agents must trust, when commands are signed.
+    pub async fn public_key_hex(&self) -> Option<String> {
+        self.commander.lock().await.public_key_hex()
+    }
+
+    pub fn notifier_stats(&self) -> std::collections::BTreeMap<String, ChannelStats> {
+        self.notifier.stats()
+    }
+
+    /// Series the engine watches.
+    pub fn series_count(&self) -> usize {
+        self.engine().series_count()
+    }
+
+    fn save(&self) {
+        let (book, state) = {
+            let e = self.engine();
+            (serde_json::to_vec(&e.book), serde_json::to_vec(&e.state))
+        };
+        for (name, bytes) in [("alerts.json", book), ("series.json", state)] {
+            match bytes {
+                Ok(b) => {
+                    if let Err(e) = write_atomically(&self.state_dir.join(name), &b) {
+                        tracing::error!(file = name, error = %e, "cannot save the automation state");
+                    }
+                }
+                Err(e) => tracing::error!(file = name, error = %e, "cannot encode the automation state"),
+            }
+        }
+    }
+}
+
+/// temp + fsync + rename: a crash leaves the old file or the new one, never half of one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, AutomationError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| AutomationError::State { path: path.into(), error: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(AutomationError::StateDir { path: path.into(), error }),
+    }
+}
+
+/// What the automation task is fed.
+pub struct Inputs {
+    pub stored: mpsc::Receiver<Arc<Batch>>,
+    pub results: mpsc::Receiver<CommandResult>,
+}
+
+/// Loads the rules and the saved state and starts the notifier; [`run`] then drives it.
+pub fn start(
+    config: &AutomationConfig,
+    channels: std::collections::BTreeMap<String, notify::ChannelConfig>,
+    client: tokio::sync::watch::Receiver<Option<rumqttc::AsyncClient>>,
+    shutdown: CancellationToken,
+) -> Result<Arc<Automation>, AutomationError> {
+    let dir = &config.state_dir;
+    std::fs::create_dir_all(dir).map_err(|error| AutomationError::StateDir { path: dir.clone(), error })?;
+    let channel_ids: Vec<String> = channels.keys().cloned().collect();
+    let rules = FleetRules::load(&config.rules)?;
+    let problems = rules.problems(Some(&channel_ids));
+    if !problems.is_empty() {
+        return Err(AutomationError::Rules(edgeloop_shared::config::ConfigError::Invalid {
+            path: config.rules.clone(),
+            problems,
+        }));
+    }
+    let ns = |d: Duration| d.as_nanos().min(i64::MAX as u128) as i64;
+    let alerts_config = AlertsConfig {
+        resolved_retention_ns: ns(config.resolved_retention.0),
+        flap_window_ns: ns(config.flap_window.0),
+        flap_threshold: config.flap_threshold,
+        inhibit: engine::inhibit_rules(&rules),
+    };
+    let book = match load::<AlertBook>(&dir.join("alerts.json"))? {
+        Some(mut book) => {
+            book.set_config(alerts_config)?;
+            book
+        }
+        None => AlertBook::new(alerts_config)?,
+    };
+    let state = load::<EngineState>(&dir.join("series.json"))?.unwrap_or_default();
+    let engine = Engine::new(rules, book, state, config.dashboard_url.clone());
+    let notifier = notify::Notifier::start(channels, dir.join("outbox"), shutdown)?;
+    let audit_path = dir.join("audit.jsonl");
+    let commander =
+        Commander::new(config.signing_key.as_deref(), config.command_ttl.0, AuditLog::open(&audit_path)?, client)?;
+    Ok(Arc::new(Automation {
+        engine: Mutex::new(engine),
+        commander: tokio::sync::Mutex::new(commander),
+        notifier,
+        audit_path,
+        state_dir: dir.clone(),
+    }))
+}
+
+/// Drives the automation until `shutdown`: batches and results as they come, absence rules and
+/// alert timers every second, the rule file re-read when it changes, state saved as it changes.
+pub async fn run(
+    automation: Arc<Automation>,
+    config: AutomationConfig,
+    mut inputs: Inputs,
+    fleet: Arc<Fleet>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rules_check = tokio::time::interval(config.rules_check_interval.0.max(Duration::from_millis(100)));
+    let mut rules_mtime = modified(&config.rules);
+    let mut last_saved_book = String::new();
+    let mut last_series_save = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            b = inputs.stored.recv() => match b {
+                Some(batch) => automation.engine().on_batch(now_ns(), &batch),
+                None => break,
+            },
+            r = inputs.results.recv() => if let Some(r) = r {
+                automation.commander.lock().await.on_result(&r);
+            },
+            _ = tick.tick() => {
+                let (notifications, commands) = automation.engine().tick(now_ns(), &fleet.agents());
+                for n in notifications {
+                    tracing::info!(group = %n.group_key, status = ?n.status, alerts = n.alerts.len(), "notification");
+                    let notifier = automation.notifier.clone();
+                    // The outbox write fsyncs: off the runtime's threads.
+                    match tokio::task::spawn_blocking(move || notifier.send(&n)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::error!(error = %e, "notification not queued in full"),
+                        Err(e) => tracing::error!(error = %e, "notification task failed"),
+                    }
+                }
+                for c in commands {
+                    let action = match c.action {
+                        CommandKind::Shutdown => CommandAction::Shutdown { reason: c.reason.clone() },
+                    };
+                    let issuer = format!("automation:{}", c.rule);
+                    let mut commander = automation.commander.lock().await;
+                    match c.approval {
+                        Approval::Auto => {
+                            if let Err(e) = commander.send(&c.agent, action, &issuer, now_ns()).await {
+                                tracing::error!(agent = %c.agent, rule = %c.rule, error = %e, "automation command not sent");
+                            }
+                        }
+                        Approval::Required => {
+                            let id = commander.request_approval(&c.agent, action, &issuer, Some(c.fingerprint), now_ns());
+                            tracing::warn!(agent = %c.agent, rule = %c.rule, id, "command awaits a person's approval");
+                        }
+                    }
+                }
+                let book = serde_json::to_string(&automation.engine().book).unwrap_or_default();
+                if book != last_saved_book || last_series_save.elapsed() > Duration::from_secs(60) {
+                    last_saved_book = book;
+                    last_series_save = tokio::time::Instant::now();
+                    let a = automation.clone();
+                    let _ = tokio::task::spawn_blocking(move || a.save()).await;
+                }
+            }
+            _ = rules_check.tick() => {
+                let m = modified(&config.rules);
+                if m != rules_mtime {
+                    rules_mtime = m;
+                    reload(&automation, &config.rules);
+                }
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    let a = automation.clone();
+    let _ = tokio::task::spawn_blocking(move || a.save()).await;
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Re-reads the rule file; a file with problems is refused and the running rules stay.
+fn reload(automation: &Automation, path: &Path) {
+    let channels: Vec<String> = automation.notifier.stats().keys().cloned().collect();
+    let rules = match FleetRules::load(path) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "fleet rules not reloaded; the running rules stay");
+            return;
+        }
+    };
+    let problems = rules.problems(Some(&channels));
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        tracing::error!(problems = ?list, "fleet rules not reloaded; the running rules stay");
+        return;
+    }
+    let count = rules.rules.len();
+    match automation.engine().set_rules(rules, now_ns()) {
+        Ok(()) => tracing::info!(rules = count, "fleet rules reloaded"),
+        Err(e) => tracing::error!(error = %e, "fleet rules not reloaded; the running rules stay"),
+    }
+}

@@ -53,8 +53,11 @@ pub struct IngestSettings {
 /// agents keep their batches until it catches up (backpressure, nothing skipped).
 #[derive(Clone)]
 pub struct Tap {
-    pub stored: mpsc::Sender<Arc<Batch>>,
-    pub results: mpsc::Sender<CommandResult>,
+    /// The recent window the API and the dashboard show.
+    pub live: Arc<crate::live::Live>,
+    /// The automation, when it runs.
+    pub stored: Option<mpsc::Sender<Arc<Batch>>>,
+    pub results: Option<mpsc::Sender<CommandResult>>,
     /// Receives the ingest's MQTT client, for publishing commands to agents.
     pub client: watch::Sender<Option<AsyncClient>>,
 }
@@ -265,10 +268,14 @@ async fn settle(
             Prepared::Done(o) => o,
             Prepared::Stored { agent, batch, written } => {
                 let outcome = stored(&agent, &batch, &written, stats, fleet, dedup);
-                if let Some(tap) = tap
-                    && tap.stored.send(Arc::new(batch)).await.is_err()
-                {
-                    tracing::debug!("the automation has stopped");
+                if let Some(tap) = tap {
+                    let batch = Arc::new(batch);
+                    tap.live.on_batch(&batch);
+                    if let Some(automation) = &tap.stored
+                        && automation.send(batch).await.is_err()
+                    {
+                        tracing::debug!("the automation has stopped");
+                    }
                 }
                 outcome
             }
@@ -327,8 +334,8 @@ fn prepare(publish: &Publish, stats: &CollectorStats, fleet: &Fleet, dedup: &mut
     if let Some((agent, Channel::Result)) = topic::parse(&publish.topic) {
         match from_wire::<CommandResult>(&publish.payload) {
             Ok(r) if r.agent == agent => {
-                if let Some(tap) = tap
-                    && tap.results.try_send(r).is_err()
+                if let Some(results) = tap.and_then(|t| t.results.as_ref())
+                    && results.try_send(r).is_err()
                 {
                     tracing::warn!(agent, "command result dropped: the automation is not keeping up");
                 }
