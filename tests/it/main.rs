@@ -2,7 +2,9 @@
 //! servers started on free ports in temp dirs, the real binaries as child processes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod automation;
 mod buffer;
+mod dashboard;
 mod fleet;
 mod gateway;
 mod harness;

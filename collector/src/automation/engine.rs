@@ -357,6 +357,7 @@ impl Engine {
                             eta_ns: f.eta_ns,
                             low_ns: f.low_ns,
                             high_ns: f.high_ns,
+                            from_ns: ts_ns,
                             value_now: f.value_now,
                             rate_per_hour: f.rate_per_hour,
                         };

@@ -79,6 +79,8 @@ pub struct Automation {
     notifier: NotifierHandle,
     audit_path: PathBuf,
     state_dir: PathBuf,
+    /// Stored batches the engine has taken.
+    batches_seen: std::sync::atomic::AtomicU64,
 }
 
 pub fn now_ns() -> i64 {
@@ -149,6 +151,11 @@ impl Automation {
 
     pub fn notifier_stats(&self) -> std::collections::BTreeMap<String, ChannelStats> {
         self.notifier.stats()
+    }
+
+    /// Stored batches the engine has evaluated since start.
+    pub fn batches_seen(&self) -> u64 {
+        self.batches_seen.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Series the engine watches.
@@ -248,6 +255,7 @@ pub fn start(
         notifier,
         audit_path,
         state_dir: dir.clone(),
+        batches_seen: Default::default(),
     }))
 }
 
@@ -269,7 +277,10 @@ pub async fn run(
     loop {
         tokio::select! {
             b = inputs.stored.recv() => match b {
-                Some(batch) => automation.engine().on_batch(now_ns(), &batch),
+                Some(batch) => {
+                    automation.engine().on_batch(now_ns(), &batch);
+                    automation.batches_seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 None => break,
             },
             r = inputs.results.recv() => if let Some(r) = r {

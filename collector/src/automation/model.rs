@@ -36,6 +36,9 @@ pub struct Prediction {
     /// Earliest and latest plausible times (the interval's bounds, Unix ns).
     pub low_ns: i64,
     pub high_ns: i64,
+    /// The time of the newest reading the forecast is made from (Unix ns): "in about 30 h" counts
+    /// from here.
+    pub from_ns: i64,
     /// The fitted value now and its rate of change per hour.
     pub value_now: f64,
     pub rate_per_hour: f64,

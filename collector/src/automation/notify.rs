@@ -33,7 +33,7 @@
 //!              "state": "pending" | "firing" | "resolved", "labels": {"agent": "…", "machine": "…"},
 //!              "summary": "…", "value": 7.1, "limit": 4.5,
 //!              "prediction": {"limit": 4.5, "eta_ns": 0, "low_ns": 0, "high_ns": 0,
-//!                             "value_now": 3.9, "rate_per_hour": 0.02} | null,
+//!                             "from_ns": 0, "value_now": 3.9, "rate_per_hour": 0.02} | null,
 //!              "started_ns": 0, "ended_ns": null, "acked_by": null, "acked_ns": null,
 //!              "dashboard_url": "https://…" | null}]}
 //! ```
@@ -446,6 +446,7 @@ pub fn example_notification() -> Notification {
                 eta_ns: created_ns + 30 * hour,
                 low_ns: created_ns + 20 * hour,
                 high_ns: created_ns + 45 * hour,
+                from_ns: created_ns,
                 value_now: 3.9,
                 rate_per_hour: 0.02,
             }),
@@ -613,9 +614,11 @@ fn alert_line(a: &Alert, now_ns: i64) -> String {
     line
 }
 
-/// "reaches 4.5 at 2025-10-15 14:00 UTC (in about 30 h, 20–45 h)". Relative to the notification's
-/// creation, not the clock at sending, so a retried body is identical to the first attempt's.
-fn prediction_text(p: &Prediction, now_ns: i64) -> String {
+/// "reaches 4.5 at 2025-10-15 14:00 UTC (in about 30 h, 20–45 h)". Relative to the newest reading
+/// the forecast was made from (never the clock at sending, so a retried body is identical to the
+/// first attempt's).
+fn prediction_text(p: &Prediction, _created_ns: i64) -> String {
+    let now_ns = p.from_ns;
     let at = human_time(p.eta_ns);
     let hours = |ns: i64| ns.saturating_sub(now_ns) as f64 / 3.6e12;
     let (eta, low, high) = (hours(p.eta_ns), hours(p.low_ns).max(0.0), hours(p.high_ns).max(0.0));

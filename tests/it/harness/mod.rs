@@ -1,11 +1,13 @@
 //! Starts real components for the tests: databases as child processes on free ports in temp
 //! dirs, the collector and agents in-process or as binaries. Nothing here uses a fixed port.
 
+pub mod chromium;
 pub mod influxdb;
 pub mod mosquitto;
 pub mod pty;
 pub mod tls;
 pub mod victoria;
+pub mod webhook;
 
 use std::{
     collections::BTreeMap,
