@@ -46,6 +46,15 @@ pub struct MqttTarget {
 pub struct Actions {
     actions: HashMap<String, Action>,
     stats: Arc<AgentStats>,
+    /// Stops this set's actuator connections when it is replaced (a hot reload builds a new set
+    /// with the same client ids; the old connections must not fight the new ones for them).
+    retired: CancellationToken,
+}
+
+impl Drop for Actions {
+    fn drop(&mut self) {
+        self.retired.cancel();
+    }
 }
 
 /// A rule's number on the serial wire (`GatewayMessage::Trip { rule }`): a stable hash of its id.
@@ -67,6 +76,7 @@ impl Actions {
     ) -> Self {
         let mut actions = HashMap::new();
         let mut exec_tx = None;
+        let retired = shutdown.child_token();
         for (id, cfg) in &file.actions {
             let action = match cfg {
                 ActionConfig::Serial(s) => match serial.get(&s.source) {
@@ -78,7 +88,7 @@ impl Actions {
                 },
                 ActionConfig::Mqtt(m) => match mqtt.get(&m.source) {
                     Some(target) => Action::Mqtt {
-                        client: actuator_client(&format!("{agent}-actions-{id}"), target, shutdown),
+                        client: actuator_client(&format!("{agent}-actions-{id}"), target, &retired),
                         topic: m.topic.clone(),
                         payload: m.payload.clone(),
                         retain: m.retain,
@@ -100,7 +110,7 @@ impl Actions {
             };
             actions.insert(id.clone(), action);
         }
-        Self { actions, stats }
+        Self { actions, stats, retired }
     }
 
     /// Fires `ids` for `rule`; never waits. A failure to hand off is logged and counted, and
@@ -170,7 +180,10 @@ fn actuator_client(client_id: &str, t: &MqttTarget, shutdown: &CancellationToken
                     Err(e) => {
                         let delay = backoff.next_delay();
                         tracing::warn!(client = %id, error = %e, retry_in = ?delay, "actuator connection down");
-                        tokio::time::sleep(delay).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
                     }
                 },
                 _ = shutdown.cancelled() => break,
