@@ -82,6 +82,11 @@ pub struct FleetConfig {
 pub struct ApiConfig {
     /// e.g. "0.0.0.0:9465"; port 0 picks a free one.
     pub listen: std::net::SocketAddr,
+    /// The API's tokens (JSON, hashes only; `edgeloop-collector token add NAME --role ROLE --tokens
+    /// FILE` makes one). Without it, every `/api/v1` route answers 401; `/metrics`, `/fleet`, the
+    /// dashboard's files and `/api/openapi.json` need no token.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// The MQTT broker the agents publish to.

@@ -13,9 +13,11 @@
 //! - [`ingest`]: the MQTT consumer, its per-batch pipeline and the dedup window.
 //! - [`store`]: InfluxDB (both write APIs), the embedded local store, line protocol.
 //! - [`fleet`]: the fleet registry (every agent's presence and last report, persisted).
+//! - [`api`]: the HTTP API (tokens, roles, OpenAPI), the dashboard, `/metrics` and `/fleet`.
 //! - [`metrics`]: Prometheus `/metrics` and `/fleet` (JSON).
 //! - [`stats`]: the collector's counters and histograms.
 
+pub mod api;
 pub mod automation;
 pub mod config;
 pub mod fleet;
@@ -180,8 +182,19 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
             let (listener, addr) = edgeloop_shared::http::bind(api.listen)
                 .await
                 .map_err(|e| StartError::Api { addr: api.listen, error: e.to_string() })?;
-            tracing::info!(%addr, "metrics on http://{addr}/metrics, fleet on /fleet");
-            tasks.spawn(metrics::serve(listener, stats.clone(), fleet.clone(), shutdown.clone()));
+            let tokens = api::Tokens::load(api.tokens_file.as_deref())
+                .map_err(|e| StartError::Api { addr: api.listen, error: e.to_string() })?;
+            let state = api::ApiState::new(api::Parts {
+                stats: stats.clone(),
+                fleet: fleet.clone(),
+                live: live.clone(),
+                automation: automation.clone(),
+                store: store.clone(),
+                tokens,
+                shutdown: shutdown.clone(),
+            });
+            tracing::info!(%addr, "dashboard on http://{addr}/, API on /api/v1 (/api/openapi.json), metrics on /metrics");
+            tasks.spawn(api::serve(listener, state, shutdown.clone()));
             Some(addr)
         }
         None => None,

@@ -142,12 +142,8 @@ impl Live {
     /// Each sensor's latest reading of `agent`: (sensor, ts_ns, value), by sensor name.
     pub fn latest(&self, agent: &str) -> Vec<(String, i64, f64)> {
         let inner = self.lock();
-        let mut out: Vec<(String, i64, f64)> = inner
-            .latest
-            .iter()
-            .filter(|((a, _), _)| a == agent)
-            .map(|((_, s), &(ts, v))| (s.clone(), ts, v))
-            .collect();
+        let mut out: Vec<(String, i64, f64)> =
+            inner.latest.iter().filter(|((a, _), _)| a == agent).map(|((_, s), &(ts, v))| (s.clone(), ts, v)).collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }

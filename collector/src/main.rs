@@ -24,6 +24,32 @@ enum Command {
     },
     /// Check a config file and print every problem in it.
     Check { config: PathBuf },
+    /// HTTP API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Make the Ed25519 key commands are signed with (`[automation] signing_key`) and print the
+    /// public key for the agents' `[commands] public_key`.
+    Keygen {
+        /// Where to write the key (never overwritten).
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Add a token and print it (once: only its hash is stored).
+    Add {
+        /// Who or what uses it (letters, digits, '-', '_', '.').
+        name: String,
+        /// viewer, maintenance, engineer, operator or admin.
+        #[arg(long)]
+        role: edgeloop_collector::api::Role,
+        /// The tokens file (`[api] tokens_file`); created when missing.
+        #[arg(long)]
+        tokens: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -47,6 +73,22 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Check { config } => {
             CollectorConfig::load(&config)?;
             println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Add { name, role, tokens } } => {
+            let token = edgeloop_collector::api::auth::add_to_file(&tokens, &name, role)?;
+            eprintln!("token {name:?} ({role}) added to {}; it is shown only now:", tokens.display());
+            println!("{token}");
+            Ok(())
+        }
+        Command::Keygen { file } => {
+            let key = edgeloop_collector::automation::commands::generate_key(&file)?;
+            eprintln!(
+                "signing key written to {}; set [automation] signing_key to it, and on every agent [commands] \
+                 public_key to:",
+                file.display()
+            );
+            println!("{}", key.public_key_hex());
             Ok(())
         }
         Command::Run { config } => {

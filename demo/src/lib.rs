@@ -17,6 +17,7 @@
 //! - [`link`]: the TCP relay that simulates the outage.
 //! - `mqtt_devices` / `serial_node`: the simulated devices behind the MQTT and serial gateways.
 
+pub mod bearing;
 pub mod link;
 
 use std::{collections::BTreeMap, io::Write, time::Duration};
@@ -79,7 +80,7 @@ pub async fn run(
         store,
         fleet: Default::default(),
         api: None,
-        automation: None,
+        automation: Some(automation_config(dir.path())?),
         notify: Default::default(),
     };
     let collector_stop = CancellationToken::new();
@@ -184,6 +185,30 @@ pub async fn run(
     });
     agents.push((serial_id, serial_agent));
 
+    // A gateway watching press-3's drive-end bearing, whose defect grows over (accelerated) days.
+    let press_id = "gateway-press".to_string();
+    let press_cfg = gateway_config_with_rules(
+        &press_id,
+        dir.path(),
+        broker,
+        "[sources.vibration]\nkind = \"mqtt\"\nlisten = \"127.0.0.1:0\"\nperiod = \"100ms\"\n\
+         [sources.vibration.topics.ve]\nfilter = \"machines/{machine}/de/vel_rms\"\nsensor = \"{machine}.de.vel_rms\"\n",
+        Some(bearing::LOCAL_RULES),
+    )?;
+    let press_agent = edgeloop_agent::start(&press_cfg, agent_stop.child_token()).await?;
+    let press_broker =
+        press_agent.sensor_broker("vibration").ok_or_else(|| anyhow::anyhow!("no sensor broker for the press"))?;
+    tokio::spawn(bearing::run(press_broker, devices_stop.clone()));
+    agents.push((press_id, press_agent));
+    writeln!(
+        out,
+        ">>> press-3: its drive-end bearing develops a fault, {:.0}× faster than life (1 s of demo = {:.0} h); \
+         watch for the predictive alert before the gateway trips it\n",
+        bearing::SPEEDUP,
+        bearing::SPEEDUP / 3600.0
+    )?;
+    let mut alerts_seen = std::collections::BTreeMap::new();
+
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(opts.report_every);
     tick.tick().await;
@@ -207,6 +232,7 @@ pub async fn run(
                 while let Ok(note) = notes.try_recv() {
                     writeln!(out, "\n{note}\n")?;
                 }
+                print_alerts(out, &collector, &mut alerts_seen)?;
                 if let (Some(link), Some((from, length))) = (&outage_link, opts.outage) {
                     let t = started.elapsed();
                     if link.is_up() && t >= from && t < from + length {
@@ -261,6 +287,62 @@ pub async fn run(
     collector.shutdown();
     collector.wait().await;
     Ok(totals)
+}
+
+fn automation_config(dir: &std::path::Path) -> anyhow::Result<edgeloop_collector::config::AutomationConfig> {
+    let rules = dir.join("fleet-rules.toml");
+    std::fs::write(&rules, bearing::fleet_rules())?;
+    let key = dir.join("command.key");
+    edgeloop_collector::automation::commands::generate_key(&key)?;
+    let d = |s| HumanDuration(Duration::from_secs(s));
+    Ok(edgeloop_collector::config::AutomationConfig {
+        rules,
+        state_dir: dir.join("automation"),
+        dashboard_url: None,
+        signing_key: Some(key),
+        command_ttl: d(300),
+        rules_check_interval: d(2),
+        flap_threshold: 6,
+        flap_window: d(1800),
+        resolved_retention: d(3600),
+    })
+}
+
+/// Prints each alert when it appears or changes state; predictions also in the machine's time.
+fn print_alerts(
+    out: &mut (dyn Write + Send),
+    collector: &edgeloop_collector::Collector,
+    seen: &mut BTreeMap<String, String>,
+) -> std::io::Result<()> {
+    let Some(automation) = &collector.automation else { return Ok(()) };
+    for view in automation.alerts() {
+        let a = &view.alert;
+        let mut state = format!("{:?}", a.state).to_lowercase();
+        if view.inhibited {
+            state.push_str(", inhibited");
+        }
+        if seen.get(&a.fingerprint) == Some(&state) {
+            continue;
+        }
+        seen.insert(a.fingerprint.clone(), state.clone());
+        writeln!(out, "\n!!! ALERT [{state}] {} ({:?}): {}", a.rule, a.severity, a.summary)?;
+        if let Some(p) = &a.prediction
+            && a.labels.get("machine").is_some_and(|m| m == "press-3")
+        {
+            let h = |ns: i64| (ns - p.from_ns).max(0) as f64 / 1e9 * bearing::SPEEDUP / 3600.0;
+            writeln!(
+                out,
+                "    in the machine's time: zone D ({} mm/s) in about {:.0} h ({:.0}–{:.0} h); now {:.2} mm/s, rising {:.3} mm/s per hour\n",
+                p.limit,
+                h(p.eta_ns),
+                h(p.low_ns),
+                h(p.high_ns),
+                p.value_now,
+                p.rate_per_hour / bearing::SPEEDUP
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn gateway_config(

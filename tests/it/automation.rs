@@ -301,8 +301,11 @@ async fn fifty_agents_going_offline_are_one_notification() {
     for i in 0..50 {
         let mut a = FakeAgent::connect(broker, &format!("gw-site-{i:02}")).await;
         a.presence(Presence::Online(report(60_000))).await;
-        a.send(&[Reading { sensor: "m.temp".into(), ts_ns: edgeloop_collector::fleet::now_ns(), value: 20.0 }], "plant-a")
-            .await;
+        a.send(
+            &[Reading { sensor: "m.temp".into(), ts_ns: edgeloop_collector::fleet::now_ns(), value: 20.0 }],
+            "plant-a",
+        )
+        .await;
         agents.push(a);
     }
     let fleet = c.fleet.clone();
@@ -388,7 +391,9 @@ async fn signed_commands_are_verified_audited_and_pushed_rules_run_on_the_agent(
     let live = c.live.clone();
     harness::wait_for("both agents' first rules_loaded", WAIT, || {
         let live = live.clone();
-        async move { (live.rules_version("gw-trusted") == Some(1) && live.rules_version("gw-stranger") == Some(1)).then_some(()) }
+        async move {
+            (live.rules_version("gw-trusted") == Some(1) && live.rules_version("gw-stranger") == Some(1)).then_some(())
+        }
     })
     .await;
 

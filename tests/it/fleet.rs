@@ -223,7 +223,8 @@ async fn the_fleet_registry_tracks_agents_and_survives_a_restart() {
             }),
         );
         config.fleet.state_file = Some(dir.path().join("fleet.json"));
-        config.api = Some(edgeloop_collector::config::ApiConfig { listen: ([127, 0, 0, 1], 0).into() });
+        config.api =
+            Some(edgeloop_collector::config::ApiConfig { listen: ([127, 0, 0, 1], 0).into(), tokens_file: None });
         config
     };
     let stop = CancellationToken::new();

@@ -37,6 +37,8 @@ impl MonitorParams {
                 window_buckets,
                 min_buckets: (window_buckets / 2).max(4),
                 confidence,
+                // The healthy level's memory: a week at hourly buckets, the same 168 buckets at any scale.
+                baseline_tau_ns: bucket_ns.saturating_mul(168),
                 ..TrendConfig::default()
             },
             limit,

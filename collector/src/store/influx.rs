@@ -181,6 +181,107 @@ impl InfluxStore {
     }
 }
 
+/// Why a series could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// This database does not answer InfluxQL queries (or not for this bucket).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The database failed or could not be reached.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// `"name"`: an InfluxQL identifier, quoted.
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// `'value'`: an InfluxQL string literal, quoted.
+fn quote_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The InfluxQL for one series' mean per interval, about `max_points` intervals over the range.
+fn series_query(
+    measurement: &str,
+    agent: &str,
+    sensor: &str,
+    since_ns: i64,
+    until_ns: i64,
+    max_points: usize,
+) -> String {
+    let span_ns = (i128::from(until_ns) - i128::from(since_ns)).max(0) + 1;
+    let interval_us = (span_ns / max_points.max(1) as i128).div_euclid(1000).max(1);
+    format!(
+        "SELECT mean(\"value\") FROM {} WHERE \"agent\" = {} AND \"sensor\" = {} AND time >= {since_ns} AND \
+         time <= {until_ns} GROUP BY time({interval_us}u) fill(none)",
+        quote_ident(measurement),
+        quote_str(agent),
+        quote_str(sensor),
+    )
+}
+
+impl InfluxStore {
+    /// One series over `[since_ns, until_ns]`: its mean per interval, about `max_points` of them,
+    /// through the InfluxQL `/query` endpoint (InfluxDB 1.x; InfluxDB 2.x's v1 compatibility API,
+    /// which needs a DBRP mapping for the bucket — 2.x makes one per bucket, named like it).
+    pub async fn series(
+        &self,
+        agent: &str,
+        sensor: &str,
+        since_ns: i64,
+        until_ns: i64,
+        max_points: usize,
+    ) -> Result<Vec<(i64, f64)>, QueryError> {
+        let param = |k: &str| self.query.iter().find(|(key, _)| *key == k).map(|(_, v)| v.clone());
+        let (base, db, v2) = if let Some(base) = self.url.strip_suffix("/api/v2/write") {
+            (base, param("bucket"), true)
+        } else if let Some(base) = self.url.strip_suffix("/write") {
+            (base, param("db"), false)
+        } else {
+            return Err(QueryError::Unsupported(format!("{} is not a write URL this store knows", self.url)));
+        };
+        let url = format!("{base}/query");
+        let mut query = vec![
+            ("db", db.unwrap_or_default()),
+            ("epoch", "ns".to_string()),
+            ("q", series_query(&self.measurement, agent, sensor, since_ns, until_ns, max_points)),
+        ];
+        if let Some(rp) = param("rp") {
+            query.push(("rp", rp));
+        }
+        let mut req = self.http.get(&url).query(&query);
+        req = match &self.auth {
+            Auth::None => req,
+            Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
+            Auth::Token(t) => req.header(reqwest::header::AUTHORIZATION, format!("Token {t}")),
+        };
+        let resp = req.send().await.map_err(|e| QueryError::Failed(format!("{url}: {e}")))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| QueryError::Failed(format!("{url}: {e}")))?;
+        let short: String = text.trim().chars().take(300).collect();
+        if !status.is_success() {
+            let why = format!("{url} answered {status}: {short}");
+            // Not an InfluxQL endpoint (VictoriaMetrics), or a 2.x bucket without a DBRP mapping.
+            return Err(if v2 || matches!(status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED) {
+                QueryError::Unsupported(why)
+            } else {
+                QueryError::Failed(why)
+            });
+        }
+        let body: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| QueryError::Failed(format!("{url}: not InfluxQL JSON ({e}): {short}")))?;
+        let result = &body["results"][0];
+        if let Some(err) = result["error"].as_str().or(body["error"].as_str()) {
+            let why = format!("{url}: {err}");
+            return Err(if v2 { QueryError::Unsupported(why) } else { QueryError::Failed(why) });
+        }
+        let values = result["series"][0]["values"].as_array().map(Vec::as_slice).unwrap_or_default();
+        Ok(values.iter().filter_map(|row| Some((row.get(0)?.as_i64()?, row.get(1)?.as_f64()?))).collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use edgeloop_shared::{model::Reading, units::HumanDuration};
@@ -226,5 +327,15 @@ mod tests {
         let head = String::from_utf8_lossy(&req[..head_end]).to_lowercase();
         assert!(head.contains("content-encoding: gzip"), "{head}");
         assert_eq!(&req[head_end..head_end + 2], &[0x1f, 0x8b], "gzip magic");
+    }
+
+    #[test]
+    fn series_queries_quote_what_they_are_given() {
+        let q = series_query("read\"ings", "gw'1", "a\\b", 0, 599_999_999, 600);
+        assert_eq!(
+            q,
+            "SELECT mean(\"value\") FROM \"read\\\"ings\" WHERE \"agent\" = 'gw\\'1' AND \"sensor\" = 'a\\\\b' AND \
+             time >= 0 AND time <= 599999999 GROUP BY time(1000u) fill(none)"
+        );
     }
 }

@@ -109,6 +109,63 @@ impl LocalStore {
         events.into_iter().map(|(_, e)| e).collect()
     }
 
+    /// The points of one series in `[since_ns, until_ns]`, oldest first, at most about
+    /// `max_points`: the range is cut into `max_points / 2` buckets and each keeps its lowest and
+    /// highest point (a spike stays visible). Streams the scan: memory is bounded by the buckets,
+    /// not the range. Blocking (sled): call it off the runtime's threads.
+    pub fn series(
+        &self,
+        agent: &str,
+        sensor: &str,
+        since_ns: i64,
+        until_ns: i64,
+        max_points: usize,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        let io = |e: sled::Error| StoreError::Transient { reason: format!("local store: {e}"), retry_after: None };
+        let ts_of = |k: &[u8]| {
+            k.get(k.len().saturating_sub(8)..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(i64::from_be_bytes)
+        };
+        // Timestamps are keyed big-endian: the scan is in time order for non-negative times.
+        let range = || self.points.range(key(agent, sensor, since_ns.max(0))..=key(agent, sensor, until_ns.max(0)));
+        // Buckets span the data actually there, not the range asked for (which may be "everything").
+        let (Some(first), Some(last)) = (range().next(), range().next_back()) else { return Ok(Vec::new()) };
+        let (Some(first), Some(last)) = (ts_of(&first.map_err(io)?.0), ts_of(&last.map_err(io)?.0)) else {
+            return Ok(Vec::new());
+        };
+        let buckets = (max_points / 2).max(1) as i128;
+        let span = (i128::from(last) - i128::from(first)).max(0) + 1;
+        let width = ((span + buckets - 1) / buckets).max(1);
+        type Point = (i64, f64);
+        // bucket index, its lowest point, its highest point
+        let mut kept: Vec<(i128, Point, Point)> = Vec::new();
+        for item in range() {
+            let (k, v) = item.map_err(io)?;
+            let (Some(ts), Ok(bytes)) = (ts_of(&k), <[u8; 8]>::try_from(v.as_ref())) else { continue };
+            let p = (ts, f64::from_le_bytes(bytes));
+            let bucket = (i128::from(ts) - i128::from(first)) / width;
+            match kept.last_mut() {
+                Some((b, lo, hi)) if *b == bucket => {
+                    if p.1 < lo.1 {
+                        *lo = p;
+                    }
+                    if p.1 > hi.1 {
+                        *hi = p;
+                    }
+                }
+                _ => kept.push((bucket, p, p)),
+            }
+        }
+        let mut out = Vec::with_capacity(kept.len() * 2);
+        for (_, lo, hi) in kept {
+            let (a, b) = if lo.0 <= hi.0 { (lo, hi) } else { (hi, lo) };
+            out.push(a);
+            if b != a {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
     /// Distinct points stored for `agent`.
     pub fn count_for(&self, agent: &str) -> u64 {
         self.per_agent.lock().map(|m| m.get(agent).copied().unwrap_or(0)).unwrap_or(0)
@@ -133,5 +190,24 @@ mod tests {
         }
         let store = LocalStore::open(dir.path()).unwrap();
         assert_eq!(store.count_for("gw"), 10);
+    }
+
+    #[tokio::test]
+    async fn a_series_range_is_read_back_bounded_with_its_spike() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let mut readings: Vec<Reading> =
+            (0..10_000).map(|i| Reading { sensor: "s".into(), ts_ns: 1_000 + i, value: 1.0 }).collect();
+        readings[5_000].value = 99.0;
+        readings.push(Reading { sensor: "other".into(), ts_ns: 1_500, value: 7.0 });
+        store.write(&Batch::from_readings("gw", 0, &readings)).await.unwrap();
+        let all = store.series("gw", "s", 0, i64::MAX, 100_000).unwrap();
+        assert_eq!(all.len(), 10_000);
+        let few = store.series("gw", "s", 0, 20_000, 100).unwrap();
+        assert!(few.len() <= 100 && few.iter().any(|p| p.1 == 99.0), "{}", few.len());
+        assert!(few.windows(2).all(|w| w[0].0 < w[1].0), "oldest first");
+        let part = store.series("gw", "s", 2_000, 2_009, 100).unwrap();
+        assert_eq!(part.iter().map(|p| p.0).collect::<Vec<_>>(), (2_000..=2_009).collect::<Vec<_>>());
+        assert!(store.series("gw", "nope", 0, i64::MAX, 100).unwrap().is_empty());
     }
 }
