@@ -23,6 +23,7 @@ pub mod link;
 use std::{collections::BTreeMap, io::Write, time::Duration};
 
 use edgeloop_agent::config::{AgentConfig, AgentSection, BufferConfig, SimulatedConfig, SourceConfig, UplinkConfig};
+use edgeloop_collector::api::Role;
 use edgeloop_collector::config::{
     BrokerConfig, CollectorConfig, EmbeddedBroker, InfluxV1Config, LocalStoreConfig, StoreConfig,
 };
@@ -42,6 +43,8 @@ pub struct DemoOptions {
     pub influx_db: String,
     /// Cut gateway-1's uplink at the first time for the second (`None`: no outage).
     pub outage: Option<(Duration, Duration)>,
+    /// Where the dashboard and the HTTP API listen (port 0: any free port).
+    pub api_listen: std::net::SocketAddr,
 }
 
 /// What the demo saw, per gateway, when it stopped.
@@ -79,18 +82,36 @@ pub async fn run(
         ingest: Default::default(),
         store,
         fleet: Default::default(),
-        api: None,
-        automation: Some(automation_config(dir.path())?),
+        api: Some(edgeloop_collector::config::ApiConfig {
+            listen: opts.api_listen,
+            tokens_file: Some(dir.path().join("tokens.json")),
+        }),
+        automation: Some(automation_config(dir.path(), opts.api_listen)?),
         notify: Default::default(),
     };
+    // Tokens for the dashboard: shown once, stored hashed.
+    let tokens_file = dir.path().join("tokens.json");
+    let viewer = edgeloop_collector::api::auth::add_to_file(&tokens_file, "demo-viewer", Role::Viewer)?;
+    let admin = edgeloop_collector::api::auth::add_to_file(&tokens_file, "demo-admin", Role::Admin)?;
     let collector_stop = CancellationToken::new();
-    let collector = edgeloop_collector::start(&collector_cfg, collector_stop.clone()).await?;
+    let collector = match edgeloop_collector::start(&collector_cfg, collector_stop.clone()).await {
+        Ok(c) => c,
+        Err(e @ edgeloop_collector::StartError::Api { .. }) => {
+            anyhow::bail!("{e} (choose another address with --api-listen)")
+        }
+        Err(e) => return Err(e.into()),
+    };
     let broker = collector.broker_addr().ok_or_else(|| anyhow::anyhow!("the demo needs the embedded broker"))?;
     let store_name = match &opts.influx_url {
         Some(url) => format!("InfluxDB {url} database {}", opts.influx_db),
         None => format!("embedded store in {}", dir.path().join("collector-store").display()),
     };
     writeln!(out, "edgeloop demo: collector broker on {broker}, {store_name}")?;
+    if let Some(addr) = collector.api_addr() {
+        writeln!(out, "dashboard: http://{addr}/  (log in with a token)")?;
+        writeln!(out, "  viewer token: {viewer}")?;
+        writeln!(out, "  admin token:  {admin}  (may acknowledge alerts and command machines)")?;
+    }
     writeln!(
         out,
         "{} simulated machines, a gateway with MQTT sensors, a gateway with a serial node on a pty; one reading per sensor every {:?}; Ctrl-C stops\n",
@@ -289,7 +310,10 @@ pub async fn run(
     Ok(totals)
 }
 
-fn automation_config(dir: &std::path::Path) -> anyhow::Result<edgeloop_collector::config::AutomationConfig> {
+fn automation_config(
+    dir: &std::path::Path,
+    api: std::net::SocketAddr,
+) -> anyhow::Result<edgeloop_collector::config::AutomationConfig> {
     let rules = dir.join("fleet-rules.toml");
     std::fs::write(&rules, bearing::fleet_rules())?;
     let key = dir.join("command.key");
@@ -298,7 +322,8 @@ fn automation_config(dir: &std::path::Path) -> anyhow::Result<edgeloop_collector
     Ok(edgeloop_collector::config::AutomationConfig {
         rules,
         state_dir: dir.join("automation"),
-        dashboard_url: None,
+        // Alerts link to the dashboard when its address is known in advance.
+        dashboard_url: (api.port() != 0).then(|| format!("http://{api}")),
         signing_key: Some(key),
         command_ttl: d(300),
         rules_check_interval: d(2),

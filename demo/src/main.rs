@@ -40,6 +40,9 @@ enum Command {
         /// Do not cut gateway-1's uplink (by default it is down from 8 s to 20 s).
         #[arg(long)]
         no_outage: bool,
+        /// Where the dashboard and the HTTP API listen (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api_listen: std::net::SocketAddr,
     },
 }
 
@@ -50,8 +53,10 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn,rumqttd=off,edgeloop_agent::rules=error".into()),
         )
         .init();
-    let Cli { command: Command::Demo { gateways, period, report_every, duration, influx_url, influx_db, no_outage } } =
-        Cli::parse();
+    let Cli {
+        command:
+            Command::Demo { gateways, period, report_every, duration, influx_url, influx_db, no_outage, api_listen },
+    } = Cli::parse();
     let opts = DemoOptions {
         gateways: gateways.max(1),
         period: period.0.max(Duration::from_micros(100)),
@@ -60,6 +65,7 @@ fn main() -> ExitCode {
         influx_url,
         influx_db,
         outage: (!no_outage).then_some((Duration::from_secs(8), Duration::from_secs(12))),
+        api_listen,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -245,10 +245,13 @@ async fn the_demo_stores_every_reading_it_produces() {
         influx_url: None,
         influx_db: "edgeloop".into(),
         outage: Some((Duration::from_secs(1), Duration::from_secs(1))),
+        api_listen: ([127, 0, 0, 1], 0).into(),
     };
     let mut out = Vec::new();
     let totals = edgeloop::run(opts, &mut out, CancellationToken::new()).await.unwrap();
     let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("dashboard: http://127.0.0.1:"), "{text}");
+    assert!(text.contains("viewer token: el_"), "{text}");
     assert_eq!(totals.len(), 5, "2 simulated machines, the MQTT gateway, the serial gateway, the press");
     for t in &totals {
         // The press's vibration transmitter sends 12 readings a second, the others far more.
