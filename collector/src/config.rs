@@ -188,6 +188,9 @@ pub struct InfluxV1Config {
     /// Measurement of agent events (trips, stale sensors, drops).
     #[serde(default = "default_events_measurement")]
     pub events_measurement: String,
+    /// Measurement of alert state changes (fired, resolved) from the automation.
+    #[serde(default = "default_alerts_measurement")]
+    pub alerts_measurement: String,
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
     /// Send write bodies gzip-compressed (`Content-Encoding: gzip`): line protocol shrinks about
@@ -209,6 +212,9 @@ pub struct InfluxV2Config {
     /// Measurement of agent events (trips, stale sensors, drops).
     #[serde(default = "default_events_measurement")]
     pub events_measurement: String,
+    /// Measurement of alert state changes (fired, resolved) from the automation.
+    #[serde(default = "default_alerts_measurement")]
+    pub alerts_measurement: String,
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
     /// Send write bodies gzip-compressed (`Content-Encoding: gzip`): line protocol shrinks about
@@ -219,6 +225,9 @@ pub struct InfluxV2Config {
 
 fn default_measurement() -> String {
     "readings".into()
+}
+fn default_alerts_measurement() -> String {
+    "alerts".into()
 }
 fn default_events_measurement() -> String {
     "events".into()

@@ -163,7 +163,14 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
             tap.stored = Some(stored_tx);
             tap.results = Some(results_tx);
             let inputs = automation::Inputs { stored, results };
-            tasks.spawn(automation::run(a.clone(), auto.clone(), inputs, fleet.clone(), shutdown.clone()));
+            tasks.spawn(automation::run(
+                a.clone(),
+                auto.clone(),
+                inputs,
+                fleet.clone(),
+                store.clone(),
+                shutdown.clone(),
+            ));
             Some(a)
         }
         None => None,

@@ -70,7 +70,7 @@ retry_max = "1s"
 }
 
 /// An agent's uplink, played by a test: publishes batches and waits for each ack.
-struct FakeAgent {
+pub struct FakeAgent {
     id: String,
     client: AsyncClient,
     acks: mpsc::Receiver<Ack>,
@@ -78,7 +78,7 @@ struct FakeAgent {
 }
 
 impl FakeAgent {
-    async fn connect(broker: SocketAddr, id: &str) -> Self {
+    pub async fn connect(broker: SocketAddr, id: &str) -> Self {
         let mut opts = MqttOptions::new(id, broker.ip().to_string(), broker.port());
         opts.set_keep_alive(Duration::from_secs(30)).set_max_packet_size(4 << 20, 4 << 20);
         let (client, mut events) = AsyncClient::new(opts, 64);
@@ -101,10 +101,16 @@ impl FakeAgent {
     }
 
     /// Sends readings as one batch tagged `site`, and waits until the collector stored it.
-    async fn send(&mut self, readings: &[Reading], site: &str) {
+    pub async fn send(&mut self, readings: &[Reading], site: &str) {
+        self.send_with(readings, site, Vec::new()).await
+    }
+
+    /// The same, with events in the batch.
+    pub async fn send_with(&mut self, readings: &[Reading], site: &str, events: Vec<edgeloop_shared::model::Event>) {
         self.seq += 1;
         let mut batch = Batch::from_readings(&self.id, self.seq, readings);
         batch.tags = vec![("site".into(), site.into())];
+        batch.events = events;
         let topic = topic::topic(&self.id, Channel::Telemetry);
         self.client.publish(topic, QoS::AtLeastOnce, false, batch.encode().unwrap()).await.unwrap();
         loop {

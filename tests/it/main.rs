@@ -2,11 +2,12 @@
 //! servers started on free ports in temp dirs, the real binaries as child processes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod automation;
+pub mod automation;
 mod buffer;
 mod dashboard;
 mod fleet;
 mod gateway;
+mod grafana;
 mod harness;
 mod node_sim;
 mod rules;

@@ -28,6 +28,7 @@ fn v1(url: &str, db: &str) -> StoreConfig {
         password: None,
         measurement: "readings".into(),
         events_measurement: "events".into(),
+        alerts_measurement: "alerts".into(),
         timeout: HumanDuration(Duration::from_secs(10)),
         // The server's gzip path is exercised here (and against VictoriaMetrics below).
         gzip: true,
@@ -85,6 +86,7 @@ async fn victoria_metrics_through_the_v2_api_stores_exactly_100k_readings() {
         token: Some("not-checked-by-victoria".into()),
         measurement: "readings".into(),
         events_measurement: "events".into(),
+        alerts_measurement: "alerts".into(),
         timeout: HumanDuration(Duration::from_secs(10)),
         // Compressed bodies through the v2 API.
         gzip: true,

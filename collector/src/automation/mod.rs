@@ -266,8 +266,12 @@ pub async fn run(
     config: AutomationConfig,
     mut inputs: Inputs,
     fleet: Arc<Fleet>,
+    store: Arc<crate::store::Store>,
     shutdown: CancellationToken,
 ) {
+    // What the database has been told about each alert (restored alerts are not written again).
+    let mut recorded: std::collections::HashMap<String, model::AlertState> =
+        automation.alerts().into_iter().map(|v| (v.alert.fingerprint, v.alert.state)).collect();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rules_check = tokio::time::interval(config.rules_check_interval.0.max(Duration::from_millis(100)));
@@ -316,6 +320,7 @@ pub async fn run(
                         }
                     }
                 }
+                record_changes(&automation, &mut recorded, &store);
                 let book = serde_json::to_string(&automation.engine().book).unwrap_or_default();
                 if book != last_saved_book || last_series_save.elapsed() > Duration::from_secs(60) {
                     last_saved_book = book;
@@ -336,6 +341,33 @@ pub async fn run(
     }
     let a = automation.clone();
     let _ = tokio::task::spawn_blocking(move || a.save()).await;
+}
+
+/// Writes alerts that fired or resolved since the last tick to the database's alerts measurement
+/// (off the automation's path: a slow database delays only this write).
+fn record_changes(
+    automation: &Automation,
+    recorded: &mut std::collections::HashMap<String, model::AlertState>,
+    store: &Arc<crate::store::Store>,
+) {
+    let views = automation.alerts();
+    let mut changed = Vec::new();
+    for v in &views {
+        let state = v.alert.state;
+        if state != model::AlertState::Pending && recorded.get(&v.alert.fingerprint) != Some(&state) {
+            recorded.insert(v.alert.fingerprint.clone(), state);
+            changed.push(v.alert.clone());
+        }
+    }
+    recorded.retain(|fp, _| views.iter().any(|v| &v.alert.fingerprint == fp));
+    if !changed.is_empty() {
+        let store = store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.write_alerts(&changed, now_ns()).await {
+                tracing::warn!(alerts = changed.len(), error = %e, "alert changes not written to the database");
+            }
+        });
+    }
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

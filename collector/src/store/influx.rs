@@ -24,6 +24,7 @@ pub struct InfluxStore {
     auth: Auth,
     measurement: String,
     events_measurement: String,
+    alerts_measurement: String,
     gzip: bool,
 }
 
@@ -43,13 +44,15 @@ impl InfluxStore {
             (Some(user), Some(password)) => Auth::Basic { user: user.clone(), password: password.clone() },
             _ => Auth::None,
         };
-        Self::new(&c.url, "write", query, auth, (&c.measurement, &c.events_measurement), c.timeout.0, c.gzip)
+        let names = (c.measurement.as_str(), c.events_measurement.as_str(), c.alerts_measurement.as_str());
+        Self::new(&c.url, "write", query, auth, names, c.timeout.0, c.gzip)
     }
 
     pub fn v2(c: &InfluxV2Config) -> Result<Self, StoreError> {
         let query = vec![("org", c.org.clone()), ("bucket", c.bucket.clone()), ("precision", "ns".into())];
         let auth = c.token.clone().map_or(Auth::None, Auth::Token);
-        Self::new(&c.url, "api/v2/write", query, auth, (&c.measurement, &c.events_measurement), c.timeout.0, c.gzip)
+        let names = (c.measurement.as_str(), c.events_measurement.as_str(), c.alerts_measurement.as_str());
+        Self::new(&c.url, "api/v2/write", query, auth, names, c.timeout.0, c.gzip)
     }
 
     fn new(
@@ -57,7 +60,7 @@ impl InfluxStore {
         path: &str,
         query: Vec<(&'static str, String)>,
         auth: Auth,
-        (measurement, events_measurement): (&str, &str),
+        (measurement, events_measurement, alerts_measurement): (&str, &str, &str),
         timeout: Duration,
         gzip: bool,
     ) -> Result<Self, StoreError> {
@@ -75,6 +78,7 @@ impl InfluxStore {
             auth,
             measurement: measurement.into(),
             events_measurement: events_measurement.into(),
+            alerts_measurement: alerts_measurement.into(),
             gzip,
         })
     }
@@ -126,6 +130,18 @@ impl InfluxStore {
         let mut body = String::with_capacity(points * 64);
         for batch in batches {
             line_protocol::encode_batch(&mut body, &self.measurement, &self.events_measurement, batch);
+        }
+        if body.is_empty() {
+            return Ok(());
+        }
+        self.post(body).await
+    }
+
+    /// Writes alert state changes (one line each) to the alerts measurement.
+    pub async fn write_alerts(&self, alerts: &[crate::automation::model::Alert], ts_ns: i64) -> Result<(), StoreError> {
+        let mut body = String::new();
+        for a in alerts {
+            line_protocol::encode_alert(&mut body, &self.alerts_measurement, a, ts_ns);
         }
         if body.is_empty() {
             return Ok(());
@@ -316,6 +332,7 @@ mod tests {
             password: None,
             measurement: "readings".into(),
             events_measurement: "events".into(),
+            alerts_measurement: "alerts".into(),
             timeout: HumanDuration(Duration::from_secs(5)),
             gzip: true,
         })

@@ -64,6 +64,48 @@ pub fn encode_batch(out: &mut String, measurement: &str, events_measurement: &st
     }
 }
 
+/// Appends one alert state change: `alerts,rule=..,state=..,severity=..[,agent=..][,sensor=..]
+/// [,site=..][,machine=..] fingerprint="..",summary="..",value=..,limit=..,eta_ns=..i,low_ns=..i,
+/// high_ns=..i <ts_ns>` (fields only when known).
+pub fn encode_alert(out: &mut String, measurement: &str, a: &crate::automation::model::Alert, ts_ns: i64) {
+    escape(out, measurement, Kind::Measurement);
+    out.push_str(",rule=");
+    escape(out, &a.rule, Kind::Tag);
+    let state = match a.state {
+        crate::automation::model::AlertState::Pending => "pending",
+        crate::automation::model::AlertState::Firing => "firing",
+        crate::automation::model::AlertState::Resolved => "resolved",
+    };
+    let severity = match a.severity {
+        crate::automation::model::Severity::Info => "info",
+        crate::automation::model::Severity::Warning => "warning",
+        crate::automation::model::Severity::Critical => "critical",
+    };
+    let _ = write!(out, ",severity={severity},state={state}");
+    // Tags in key order (InfluxDB's preferred order; any order is accepted).
+    for key in ["agent", "machine", "sensor", "site"] {
+        if let Some(v) = a.labels.get(key).filter(|v| !v.is_empty()) {
+            let _ = write!(out, ",{key}=");
+            escape(out, v, Kind::Tag);
+        }
+    }
+    out.push_str(" fingerprint=\"");
+    escape(out, &a.fingerprint, Kind::StringField);
+    out.push_str("\",summary=\"");
+    escape(out, &a.summary, Kind::StringField);
+    out.push('"');
+    if let Some(v) = a.value.filter(|v| v.is_finite()) {
+        let _ = write!(out, ",value={v:?}");
+    }
+    if let Some(v) = a.limit.filter(|v| v.is_finite()) {
+        let _ = write!(out, ",limit={v:?}");
+    }
+    if let Some(p) = &a.prediction {
+        let _ = write!(out, ",eta_ns={}i,low_ns={}i,high_ns={}i", p.eta_ns, p.low_ns, p.high_ns);
+    }
+    let _ = writeln!(out, " {ts_ns}");
+}
+
 /// The value of tag `key` in a line this module wrote (as written, escapes left in), to name the
 /// agent and sensor of a refused point.
 pub fn tag_of<'a>(line: &'a str, key: &str) -> Option<&'a str> {

@@ -65,6 +65,15 @@ impl Store {
         }
     }
 
+    /// Records alert state changes (fired, resolved) next to the data, for Grafana and history.
+    /// The embedded store keeps none: the automation's own state has them.
+    pub async fn write_alerts(&self, alerts: &[crate::automation::model::Alert], ts_ns: i64) -> Result<(), StoreError> {
+        match self {
+            Store::Influx(s) => s.write_alerts(alerts, ts_ns).await,
+            Store::Local(_) => Ok(()),
+        }
+    }
+
     /// The embedded store, when that is what runs (the demo counts from it).
     pub fn local(&self) -> Option<&local::LocalStore> {
         match self {

@@ -110,6 +110,7 @@ pub fn v1_store(url: &str) -> edgeloop_collector::config::StoreConfig {
         password: None,
         measurement: "readings".into(),
         events_measurement: "events".into(),
+        alerts_measurement: "alerts".into(),
         timeout: edgeloop_shared::units::HumanDuration(Duration::from_secs(10)),
         gzip: false,
     })
