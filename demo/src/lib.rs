@@ -72,6 +72,7 @@ pub async fn run(
             password: None,
             measurement: "readings".into(),
             events_measurement: "events".into(),
+            alerts_measurement: "alerts".into(),
             timeout: HumanDuration(Duration::from_secs(10)),
             gzip: false,
         }),

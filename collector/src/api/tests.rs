@@ -97,7 +97,14 @@ async fn fixture(with_automation: bool) -> Fixture {
         let a = automation::start(&config, BTreeMap::new(), client_rx, shutdown.clone()).unwrap();
         let (stored_tx, stored) = tokio::sync::mpsc::channel(8);
         let (results_tx, results) = tokio::sync::mpsc::channel(8);
-        tokio::spawn(automation::run(a.clone(), config, Inputs { stored, results }, fleet.clone(), shutdown.clone()));
+        tokio::spawn(automation::run(
+            a.clone(),
+            config,
+            Inputs { stored, results },
+            fleet.clone(),
+            store.clone(),
+            shutdown.clone(),
+        ));
         stored_tx.send(batch.clone()).await.unwrap();
         inputs = Some((stored_tx, results_tx));
         automation_handle = Some(a);
