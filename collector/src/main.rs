@@ -24,6 +24,11 @@ enum Command {
     },
     /// Check a config file and print every problem in it.
     Check { config: PathBuf },
+    /// Fleet rule files (`[automation] rules`).
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// HTTP API tokens.
     Token {
         #[command(subcommand)]
@@ -34,6 +39,30 @@ enum Command {
     Keygen {
         /// Where to write the key (never overwritten).
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Print every problem in a fleet rule file, by rule id and key.
+    Check {
+        file: PathBuf,
+        /// The collector config: `notify` channel names are checked against its `[notify]`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Replay a recording (the agent's JSON Lines format) through the rules in simulated time
+    /// and print every alert change, notification and command they produce.
+    Test {
+        file: PathBuf,
+        #[arg(long)]
+        replay: PathBuf,
+        /// The agent the recording is from.
+        #[arg(long, default_value = "recorded")]
+        agent: String,
+        /// Its `site` tag.
+        #[arg(long, default_value = "site")]
+        site: String,
     },
 }
 
@@ -73,6 +102,51 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Check { config } => {
             CollectorConfig::load(&config)?;
             println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Rules { command: RulesCommand::Check { file, config } } => {
+            use edgeloop_collector::automation::rules::FleetRules;
+            let rules = FleetRules::load(&file)?;
+            let channels: Option<Vec<String>> = match &config {
+                Some(c) => Some(CollectorConfig::load(c)?.notify.keys().cloned().collect()),
+                None => None,
+            };
+            let problems = rules.problems(channels.as_deref());
+            if problems.is_empty() {
+                println!(
+                    "{}: ok, {} rule(s), {} inhibit rule(s)",
+                    file.display(),
+                    rules.rules.len(),
+                    rules.inhibit.len()
+                );
+                Ok(())
+            } else {
+                for p in &problems {
+                    println!("{}: {p}", file.display());
+                }
+                anyhow::bail!("{} problem(s) in {}", problems.len(), file.display())
+            }
+        }
+        Command::Rules { command: RulesCommand::Test { file, replay, agent, site } } => {
+            use edgeloop_agent::rules::record::{RecordedItem, read_recording};
+            use edgeloop_collector::automation::{replay::replay as run_replay, rules::FleetRules};
+            let rules = FleetRules::load(&file)?;
+            let mut readings: Vec<edgeloop_shared::model::Reading> = read_recording(&replay)?
+                .into_iter()
+                .filter_map(|item| match item {
+                    RecordedItem::Reading { ts_ns, sensor, value } => {
+                        Some(edgeloop_shared::model::Reading { sensor, ts_ns, value })
+                    }
+                    _ => None,
+                })
+                .collect();
+            readings.sort_by_key(|r| r.ts_ns);
+            let start = readings.first().map_or(0, |r| r.ts_ns);
+            let lines = run_replay(rules, &agent, &site, &readings)?;
+            for l in &lines {
+                println!("t={:>10.1}s  {}", (l.ts_ns - start) as f64 / 1e9, l.text);
+            }
+            println!("{} reading(s) replayed, {} line(s)", readings.len(), lines.len());
             Ok(())
         }
         Command::Token { command: TokenCommand::Add { name, role, tokens } } => {

@@ -17,6 +17,7 @@
 //! - [`alerts`]: the alert lifecycle (pending, firing, resolved; ack, silence, inhibit, group).
 //! - [`notify`]: notification channels with a durable outbox.
 //! - [`commands`]: signed commands to agents and the audit log.
+//! - [`replay`]: a recording through the fleet rules in simulated time (`rules test`).
 //! - [`synthetic`]: the synthetic run-to-failure set the tests and benchmarks score against.
 //! - [`model`]: the types people see (alerts, notifications, predictions).
 //!
@@ -31,6 +32,7 @@ pub mod model;
 pub mod monitor;
 pub mod notify;
 pub mod predict;
+pub mod replay;
 pub mod rules;
 pub mod synthetic;
 
