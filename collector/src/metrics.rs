@@ -20,7 +20,7 @@ use crate::{
 
 pub fn prometheus(stats: &CollectorStats, fleet: &Fleet) -> String {
     let mut e = Exposition::default();
-    let counters: [(&str, &str, u64); 9] = [
+    let counters: [(&str, &str, u64); 10] = [
         (
             "batches_received_total",
             "Telemetry messages received, re-sends included",
@@ -38,6 +38,11 @@ pub fn prometheus(stats: &CollectorStats, fleet: &Fleet) -> String {
             stats.points_rejected.load(Relaxed),
         ),
         ("write_retries_total", "Database writes that failed and were retried", stats.write_retries.load(Relaxed)),
+        (
+            "automation_skipped_total",
+            "Whole-stream batches the automation did not evaluate (behind, or malformed)",
+            stats.automation_skipped.load(Relaxed),
+        ),
     ];
     for (name, help, value) in counters {
         e.metric(&format!("edgeloop_collector_{name}"), "counter", help, &[], value as f64);

@@ -28,6 +28,8 @@ pub struct CollectorStats {
     pub points_rejected: AtomicU64,
     /// Failed write attempts that were retried.
     pub write_retries: AtomicU64,
+    /// Whole-stream copies the automation did not evaluate (it was behind, or the copy was bad).
+    pub automation_skipped: AtomicU64,
     /// Time from taking a message to acking it (decode, write, ack), seconds.
     pub processing: Histogram,
     /// Age of a batch's newest reading when it was stored (reading time to stored time), seconds.
@@ -87,6 +89,7 @@ impl Default for CollectorStats {
             rejected: AtomicU64::new(0),
             points_rejected: AtomicU64::new(0),
             write_retries: AtomicU64::new(0),
+            automation_skipped: AtomicU64::new(0),
             processing: Histogram::new(PROCESSING_BUCKETS),
             latency: Histogram::new(LATENCY_BUCKETS),
             queue_depth: AtomicU64::new(0),

@@ -515,3 +515,73 @@ public_key = "{public_key}"
     let config = edgeloop_agent::config::AgentConfig::parse(&text, Path::new("agent.toml")).unwrap();
     Arc::new(edgeloop_agent::start(&config, stop.child_token()).await.unwrap())
 }
+
+/// Two collectors split the telemetry through a shared subscription on Mosquitto; the one that
+/// runs the automation still evaluates every batch (its whole-stream subscription), so a fleet
+/// rule fires for every agent, not only for those whose batches it happened to store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_automation_sees_the_whole_stream_when_collectors_share_it() {
+    harness::init_tracing();
+    let mosquitto = harness::mosquitto::Mosquitto::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        "[defaults]\ngroup_wait = \"0s\"\n\n[rules.hot]\nkind = \"threshold\"\nsensors = \"*.temp\"\nabove = 50.0\n",
+    )
+    .unwrap();
+    let config = |name: &str, automation: bool| {
+        let auto = if automation {
+            format!(
+                "[automation]\nrules = \"{}\"\nstate_dir = \"{}\"\n",
+                dir.path().join("rules.toml").display(),
+                dir.path().join(name).join("automation").display()
+            )
+        } else {
+            String::new()
+        };
+        let text = format!(
+            "[broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {}\nshared_group = \"collectors\"\n\n\
+             [ingest]\nclient_id = \"{name}\"\n\n[store]\nkind = \"local\"\npath = \"{}\"\n\n{auto}",
+            mosquitto.port,
+            dir.path().join(name).join("store").display()
+        );
+        CollectorConfig::parse(&text, Path::new("collector.toml")).unwrap()
+    };
+    let stop = CancellationToken::new();
+    let a = edgeloop_collector::start(&config("collector-a", true), stop.clone()).await.unwrap();
+    let b = edgeloop_collector::start(&config("collector-b", false), stop.clone()).await.unwrap();
+    for c in [&a, &b] {
+        harness::wait_for("the collector subscribed", WAIT, || async { c.is_consuming().then_some(()) }).await;
+    }
+    let broker: SocketAddr = ([127, 0, 0, 1], mosquitto.port).into();
+    let (agents, per_agent) = (3u64, 40u64);
+    let mut tasks = Vec::new();
+    for i in 0..agents {
+        tasks.push(tokio::spawn(async move {
+            let mut agent = FakeAgent::connect(broker, &format!("gw-shared-{i}")).await;
+            for n in 0..per_agent {
+                let ts_ns = edgeloop_collector::fleet::now_ns();
+                // The last batch of each agent is over the limit.
+                let value = if n + 1 == per_agent { 80.0 } else { 20.0 };
+                agent.send(&[Reading { sensor: format!("m{i}.temp"), ts_ns, value }], "plant-a").await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stored_a = a.stats.batches_stored.load(std::sync::atomic::Ordering::Relaxed);
+    let stored_b = b.stats.batches_stored.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(stored_a + stored_b, agents * per_agent, "every batch stored once between them");
+    assert!(stored_a > 0 && stored_b > 0, "both collectors took a share: {stored_a} / {stored_b}");
+    evaluated(&a, agents * per_agent).await;
+    let automation = a.automation.clone().unwrap();
+    harness::wait_for("a threshold alert for every agent", WAIT, || {
+        let automation = automation.clone();
+        async move { (automation.alerts().len() as u64 == agents).then_some(()) }
+    })
+    .await;
+    stop.cancel();
+    a.wait().await;
+    b.wait().await;
+}

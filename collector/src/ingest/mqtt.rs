@@ -114,6 +114,23 @@ pub async fn run(
         Some(group) => format!("$share/{group}/{}", topic::all_agents(Channel::Telemetry)),
         None => topic::all_agents(Channel::Telemetry),
     };
+    // Collectors sharing the telemetry each store a part of it, but the automation must see all
+    // of it: the collector that runs it also reads the whole stream, over a connection of its own
+    // (a broker sends a client one copy of a message however many of its subscriptions match, so
+    // the ingest's own connection cannot hold both). Those copies are only evaluated, never stored
+    // or acknowledged; this collector's share is stored as usual.
+    let whole_stream = settings.shared_group.is_some() && tap.as_ref().is_some_and(|t| t.stored.is_some());
+    // Consuming once every connection has its subscriptions: the ingest's, and the whole
+    // stream's when there is one.
+    let ready = Arc::new(Readiness::new(if whole_stream { 2 } else { 1 }, consuming));
+    let tap = tap.map(|mut t| {
+        if whole_stream && let Some(automation) = t.stored.take() {
+            let feed = whole_stream_feed(settings.clone(), automation, stats.clone(), ready.clone(), shutdown.clone());
+            tokio::spawn(feed);
+        }
+        t
+    });
+    let poll_ready = ready.clone();
     let poller = tokio::spawn(async move {
         loop {
             let event = tokio::select! {
@@ -128,6 +145,7 @@ pub async fn run(
                     if poll_client.try_subscribe(&filter, QoS::AtLeastOnce).is_err() {
                         tracing::error!("cannot queue the telemetry subscription");
                     }
+
                     // Status is not shared: every collector keeps the whole fleet registry.
                     if poll_client.try_subscribe(&status_filter, QoS::AtLeastOnce).is_err() {
                         tracing::error!("cannot queue the status subscription");
@@ -142,7 +160,7 @@ pub async fn run(
                     suback_count += 1;
                     // Consuming once the three subscriptions of this connection are confirmed.
                     if suback_count == 3 {
-                        consuming.send_replace(true);
+                        poll_ready.set(0, true);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -152,7 +170,7 @@ pub async fn run(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    consuming.send_replace(false);
+                    poll_ready.set(0, false);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "ingest lost the broker");
                     tokio::select! {
@@ -227,6 +245,90 @@ pub async fn run(
         w.task.abort();
     }
     poller.abort();
+}
+
+/// Which of the ingest's connections have their subscriptions; `consuming` is true when all do.
+struct Readiness {
+    parts: std::sync::Mutex<u8>,
+    all: u8,
+    consuming: watch::Sender<bool>,
+}
+
+impl Readiness {
+    fn new(parts: u8, consuming: watch::Sender<bool>) -> Self {
+        Self { parts: std::sync::Mutex::new(0), all: (1u8 << parts) - 1, consuming }
+    }
+
+    fn set(&self, part: u8, on: bool) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        if on {
+            *parts |= 1 << part;
+        } else {
+            *parts &= !(1 << part);
+        }
+        self.consuming.send_replace(*parts == self.all);
+    }
+}
+
+/// The automation's view of the whole stream when collectors share the telemetry: a connection of
+/// its own (clean session, QoS 0: a copy lost while it reconnects is only not evaluated), every
+/// batch decoded and handed to the automation. Skipped copies are counted.
+async fn whole_stream_feed(
+    settings: IngestSettings,
+    automation: mpsc::Sender<Arc<Batch>>,
+    stats: Arc<CollectorStats>,
+    ready: Arc<Readiness>,
+    shutdown: CancellationToken,
+) {
+    let mut opts = MqttOptions::new(format!("{}-automation", settings.client_id), settings.host, settings.port);
+    opts.set_keep_alive(Duration::from_secs(15)).set_clean_session(true).set_max_packet_size(64 << 20, 1 << 20);
+    if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
+        opts.set_credentials(u, p);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let filter = topic::all_agents(Channel::Telemetry);
+    let mut backoff = Backoff::seeded(settings.write.retry_min, settings.write.retry_max);
+    loop {
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            _ = shutdown.cancelled() => return,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                if client.try_subscribe(&filter, QoS::AtMostOnce).is_err() {
+                    tracing::error!("cannot queue the automation's whole-stream subscription");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(1, true),
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let Some((agent, Channel::Telemetry)) = topic::parse(&p.topic) else { continue };
+                match Batch::decode(&p.payload) {
+                    Ok(batch) if batch.agent == agent => match automation.try_send(Arc::new(batch)) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            stats.automation_skipped.fetch_add(1, Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
+                    },
+                    // The stored path counts and logs bad batches; here they are only left out.
+                    _ => {
+                        stats.automation_skipped.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                ready.set(1, false);
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "the automation's whole-stream connection is down");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
 }
 
 /// One database write under way, with the messages it answers.
