@@ -66,6 +66,19 @@ fn make_fleet(round: usize) -> Vec<Vec<Batch>> {
         .collect()
 }
 
+/// Each batch's line protocol, as the collector would write it.
+fn line_protocol_of(fleet: &[Vec<Batch>]) -> Vec<String> {
+    fleet
+        .iter()
+        .flatten()
+        .map(|b| {
+            let mut body = String::new();
+            line_protocol::encode_batch(&mut body, "readings", "events", b);
+            body
+        })
+        .collect()
+}
+
 /// Posts every batch's line protocol to `db` over `connections` keep-alive connections.
 async fn plain(url: &str, db: &str, bodies: &[String], connections: usize) -> f64 {
     let http = reqwest::Client::new();
@@ -141,26 +154,8 @@ async fn main() {
     let total = (AGENTS * BATCHES * READINGS) as u64;
     for round in 0..ROUNDS {
         let fleet = make_fleet(round);
-        let bodies: Vec<String> = fleet
-            .iter()
-            .flatten()
-            .map(|b| {
-                let mut body = String::new();
-                line_protocol::encode_batch(&mut body, "readings", "events", b);
-                body
-            })
-            .collect();
-        seq.push(plain(&influx.url, "plain", &bodies, 1).await);
-        let again = make_fleet(round + 100);
-        let bodies4: Vec<String> = again
-            .iter()
-            .flatten()
-            .map(|b| {
-                let mut body = String::new();
-                line_protocol::encode_batch(&mut body, "readings", "events", b);
-                body
-            })
-            .collect();
+        seq.push(plain(&influx.url, "plain", &line_protocol_of(&fleet), 1).await);
+        let bodies4 = line_protocol_of(&make_fleet(round + 100));
         four.push(plain(&influx.url, "plain", &bodies4, 4).await);
         coll.push(collector(&influx, &fleet).await);
         let stored = influx.count("edgeloop", "readings", "value").await;
