@@ -103,9 +103,10 @@ const EVENTS_QUERY: &[Param; 2] = &[
 ];
 const ALERTS_QUERY: &[Param; 1] = &[param("state", "string", false, "firing, pending or resolved")];
 const AUDIT_QUERY: &[Param; 1] = &[param("limit", "integer", false, "At most this many (default 200, at most 10000)")];
-const STREAM_QUERY: &[Param; 2] = &[
+const STREAM_QUERY: &[Param; 3] = &[
     param("token", "string", false, "The token, for clients that cannot set headers (EventSource)"),
     param("agent", "string", false, "Only this agent's readings"),
+    param("readings", "boolean", false, "false: no reading events (a fleet view that draws none); default true"),
 ];
 
 /// One route.

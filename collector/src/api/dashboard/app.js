@@ -279,7 +279,8 @@
     closeSource();
     sourceAgent = agent;
     let url = '/api/v1/stream?token=' + encodeURIComponent(state.token);
-    if (agent) url += '&agent=' + encodeURIComponent(agent);
+    // The fleet overview draws no readings: do not have them sent.
+    url += agent ? '&agent=' + encodeURIComponent(agent) : '&readings=false';
     const es = (source = new EventSource(url));
     setFeed('connecting');
     es.onopen = () => setFeed('live');

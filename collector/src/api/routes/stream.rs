@@ -25,6 +25,8 @@ pub struct StreamQuery {
     #[allow(dead_code)]
     token: Option<String>,
     agent: Option<String>,
+    /// `false`: leave reading events out (the fleet overview draws none).
+    readings: Option<bool>,
 }
 
 type Events = Sse<axum::response::sse::KeepAliveStream<ReceiverStream<Result<Event, Infallible>>>>;
@@ -34,7 +36,7 @@ pub async fn stream(State(state): State<ApiState>, Q(q): Q<StreamQuery>) -> Resu
         state.require_agent(a)?;
     }
     let (tx, rx) = mpsc::channel(32);
-    tokio::spawn(feed(state, q.agent, tx));
+    tokio::spawn(feed(state, q.agent, q.readings.unwrap_or(true), tx));
     Ok(Sse::new(ReceiverStream::new(rx))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
 }
@@ -60,7 +62,7 @@ async fn send(state: &ApiState, tx: &mpsc::Sender<Result<Event, Infallible>>, ev
     }
 }
 
-async fn feed(state: ApiState, agent: Option<String>, tx: mpsc::Sender<Result<Event, Infallible>>) {
+async fn feed(state: ApiState, agent: Option<String>, readings: bool, tx: mpsc::Sender<Result<Event, Infallible>>) {
     let mut batches = state.live.subscribe();
     // (agent, sensor) → the latest reading not sent yet.
     let mut pending: HashMap<(String, String), (i64, f64)> = HashMap::new();
@@ -77,7 +79,7 @@ async fn feed(state: ApiState, agent: Option<String>, tx: mpsc::Sender<Result<Ev
             _ = tx.closed() => break,
             b = batches.recv() => match b {
                 Ok(batch) => {
-                    if agent.as_ref().is_some_and(|a| *a != batch.agent) {
+                    if !readings || agent.as_ref().is_some_and(|a| *a != batch.agent) {
                         continue;
                     }
                     for s in &batch.series {
