@@ -108,8 +108,18 @@ fn random_secret() -> String {
     format!("{:016x}{:016x}", s.hash_one(1u8), s.hash_one(2u8))
 }
 
-/// Opens the store, starts the broker (when embedded) and the ingest task.
+/// Opens the store, starts the broker (when embedded), the ingest, the automation and the API.
+/// On an error everything already started is stopped (`shutdown` is cancelled).
 pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Result<Collector, StartError> {
+    let started = start_parts(config, shutdown.clone()).await;
+    if started.is_err() {
+        // Whatever did start (the notifier, the broker's listener) stops with it.
+        shutdown.cancel();
+    }
+    started
+}
+
+async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> Result<Collector, StartError> {
     let store = Arc::new(Store::open(&config.store)?);
     let stats = Arc::new(CollectorStats::default());
     let tasks = TaskTracker::new();
@@ -150,6 +160,18 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
             retry_max: ing.retry_max.0,
         },
     };
+    // Everything that can fail on bad config or a taken port, before any task starts.
+    let api = match &config.api {
+        Some(api) => {
+            let (listener, addr) = edgeloop_shared::http::bind(api.listen)
+                .await
+                .map_err(|e| StartError::Api { addr: api.listen, error: e.to_string() })?;
+            let tokens = api::Tokens::load(api.tokens_file.as_deref())
+                .map_err(|e| StartError::Api { addr: api.listen, error: e.to_string() })?;
+            Some((listener, addr, tokens))
+        }
+        None => None,
+    };
     let (consuming_tx, mut consuming) = tokio::sync::watch::channel(false);
     let fleet = Arc::new(fleet::Fleet::load(config.fleet.state_file.clone()));
     let live = Arc::new(live::Live::new(std::time::Duration::from_secs(15 * 60), 450));
@@ -184,13 +206,8 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
         Some(tap),
         shutdown.clone(),
     ));
-    let api_addr = match &config.api {
-        Some(api) => {
-            let (listener, addr) = edgeloop_shared::http::bind(api.listen)
-                .await
-                .map_err(|e| StartError::Api { addr: api.listen, error: e.to_string() })?;
-            let tokens = api::Tokens::load(api.tokens_file.as_deref())
-                .map_err(|e| StartError::Api { addr: api.listen, error: e.to_string() })?;
+    let api_addr = match api {
+        Some((listener, addr, tokens)) => {
             let state = api::ApiState::new(api::Parts {
                 stats: stats.clone(),
                 fleet: fleet.clone(),
