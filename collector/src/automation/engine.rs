@@ -65,6 +65,8 @@ pub struct EngineState {
 
 pub struct Engine {
     pub rules: FleetRules,
+    /// Each rule with its typed condition, worked out once per rule file (not per reading).
+    compiled: HashMap<String, std::sync::Arc<(FleetRule, RuleKind)>>,
     pub book: AlertBook,
     pub state: EngineState,
     dashboard_url: Option<String>,
@@ -81,7 +83,7 @@ pub fn machine_of(sensor: &str) -> &str {
 
 impl Engine {
     pub fn new(rules: FleetRules, book: AlertBook, state: EngineState, dashboard_url: Option<String>) -> Self {
-        let mut engine = Self { rules, book, state, dashboard_url };
+        let mut engine = Self { rules, compiled: HashMap::new(), book, state, dashboard_url };
         engine.rebind();
         engine
     }
@@ -122,6 +124,8 @@ impl Engine {
 
     /// Attaches every rule to the series its selectors match (new rules, new series).
     fn rebind(&mut self) {
+        self.compiled =
+            self.rules.rules.iter().map(|(id, r)| (id.clone(), std::sync::Arc::new((r.clone(), r.spec())))).collect();
         let keys: Vec<String> = self.state.series.keys().cloned().collect();
         for k in keys {
             let (agent, sensor) = k.split_once('\u{1f}').unwrap_or((&k, ""));
@@ -247,9 +251,10 @@ impl Engine {
             let Some(mut state) = self.state.series.remove(&k) else { continue };
             state.last_seen_ns = now_ns;
             for (id, rule_state) in &mut state.rules {
-                let Some(rule) = self.rules.rules.get(id).cloned() else { continue };
+                let Some(compiled) = self.compiled.get(id.as_str()).cloned() else { continue };
+                let (rule, spec) = &*compiled;
                 for p in &series.points {
-                    self.evaluate(now_ns, id, &rule, rule_state, agent, &series.sensor, p.ts_ns, p.value);
+                    self.evaluate(now_ns, id, rule, spec, rule_state, agent, &series.sensor, p.ts_ns, p.value);
                 }
             }
             self.state.series.insert(k, state);
@@ -294,14 +299,15 @@ impl Engine {
         now_ns: i64,
         id: &str,
         rule: &FleetRule,
+        spec: &RuleKind,
         state: &mut SeriesRule,
         agent: &str,
         sensor: &str,
         ts_ns: i64,
         value: f64,
     ) {
-        match (state, rule.spec()) {
-            (SeriesRule::Threshold { active }, RuleKind::Threshold { above, below, .. }) => {
+        match (state, spec) {
+            (SeriesRule::Threshold { active }, &RuleKind::Threshold { above, below, .. }) => {
                 let high = above.is_some_and(|a| value > a);
                 let low = below.is_some_and(|b| value < b);
                 let now = high || low;
@@ -319,7 +325,7 @@ impl Engine {
                     }
                 }
             }
-            (SeriesRule::Anomaly { detector, active }, RuleKind::Anomaly { z, drift, learn, .. }) => {
+            (SeriesRule::Anomaly { detector, active }, &RuleKind::Anomaly { z, drift, learn, .. }) => {
                 let cfg = DetectorConfig { z_threshold: z, cusum_h: drift, learn_samples: learn, ..Default::default() };
                 let verdict = detector.observe(&cfg, ts_ns, value);
                 let now = match verdict {
@@ -345,7 +351,7 @@ impl Engine {
             }
             (
                 SeriesRule::Predict { monitor },
-                RuleKind::Predict { limit, horizon_ns, bucket_ns, window_ns, confidence, .. },
+                &RuleKind::Predict { limit, horizon_ns, bucket_ns, window_ns, confidence, .. },
             ) => {
                 let params = MonitorParams::new(limit, horizon_ns, bucket_ns, window_ns, confidence);
                 let Some(change) = monitor.observe(&params, ts_ns, value) else { return };
