@@ -74,14 +74,15 @@ fn summary(state: &ApiState, view: &AgentView, firing: &HashMap<String, u32>, no
     let report = view.entry.report.as_ref();
     let latest = state.live.latest(&view.agent);
     let newest = latest.iter().map(|l| l.1).max().into_iter().chain(view.entry.newest_reading_ns).max();
+    // The agent's report lists the sensors it tracks health for; the readings stored name the rest.
     let sensors = match report {
-        Some(r) => r.sensors.clone(),
-        None => latest.iter().map(|l| l.0.clone()).collect(),
+        Some(r) if !r.sensors.is_empty() => r.sensors.clone(),
+        _ => latest.iter().map(|l| l.0.clone()).collect(),
     };
     let stale = view.online
         && report.is_some_and(|r| {
             let quiet_ns = 3 * i64::from(r.interval_ms.max(1)) * 1_000_000;
-            !r.sensors.is_empty() && newest.is_none_or(|n| now - n > quiet_ns)
+            !sensors.is_empty() && newest.is_none_or(|n| now - n > quiet_ns)
         });
     AgentSummary {
         agent: view.agent.clone(),
