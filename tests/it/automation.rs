@@ -46,6 +46,9 @@ listen = "127.0.0.1:0"
 kind = "local"
 path = "{store}"
 
+[fleet]
+state_file = "{fleet}"
+
 [automation]
 rules = "{rules}"
 state_dir = "{state}"
@@ -60,6 +63,7 @@ retry_min = "100ms"
 retry_max = "1s"
 "#,
         store = dir.join("store").display(),
+        fleet = dir.join("fleet.json").display(),
         rules = dir.join("fleet-rules.toml").display(),
         state = dir.join("automation").display(),
         url = hook.url(),
@@ -333,6 +337,45 @@ async fn fifty_agents_going_offline_are_one_notification() {
     // Nothing more for the same outage (group_interval is a minute).
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(hook.bodies().len(), 1, "{:?}", hook.bodies());
+    shutdown.cancel();
+    c.wait().await;
+}
+
+/// The alert state survives a collector restart: a firing alert is still firing, with the same
+/// start, and people are not told about it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_state_survives_a_restart_without_a_second_notification() {
+    harness::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Webhook::start().await;
+    let rules = OFFLINE_RULES.replace("group_wait = \"2s\"", "group_wait = \"0s\"");
+    let (c, shutdown) = collector(dir.path(), &rules, &hook, false).await;
+    let mut a = FakeAgent::connect(c.broker_addr().unwrap(), "gw-restart").await;
+    a.presence(Presence::Online(report(60_000))).await;
+    a.send(&[Reading { sensor: "m.temp".into(), ts_ns: edgeloop_collector::fleet::now_ns(), value: 20.0 }], "plant-a")
+        .await;
+    a.presence(Presence::Offline).await;
+    harness::wait_for("the outage notification", WAIT, || {
+        let hook = hook.clone();
+        async move { (hook.bodies().len() == 1).then_some(()) }
+    })
+    .await;
+    let before = c.automation.clone().unwrap().alerts();
+    assert_eq!(before.len(), 1);
+    shutdown.cancel();
+    c.wait().await;
+    drop(c);
+
+    std::fs::remove_file(dir.path().join("fleet-rules.toml")).unwrap();
+    let (c, shutdown) = collector(dir.path(), &rules, &hook, false).await;
+    // Several ticks of the restored book.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = c.automation.clone().unwrap().alerts();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].alert.fingerprint, before[0].alert.fingerprint);
+    assert_eq!(after[0].alert.state, edgeloop_collector::automation::model::AlertState::Firing);
+    assert_eq!(after[0].alert.started_ns, before[0].alert.started_ns);
+    assert_eq!(hook.bodies().len(), 1, "no second notification after the restart: {:?}", hook.bodies());
     shutdown.cancel();
     c.wait().await;
 }

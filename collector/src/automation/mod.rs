@@ -165,12 +165,14 @@ impl Automation {
         self.engine().series_count()
     }
 
-    fn save(&self) {
+    /// Saves the alert book, the series' learned state and the commands awaiting approval.
+    fn save(&self, approvals: &[AwaitingApproval]) {
         let (book, state) = {
             let e = self.engine();
             (serde_json::to_vec(&e.book), serde_json::to_vec(&e.state))
         };
-        for (name, bytes) in [("alerts.json", book), ("series.json", state)] {
+        let approvals = serde_json::to_vec(approvals);
+        for (name, bytes) in [("alerts.json", book), ("series.json", state), ("approvals.json", approvals)] {
             match bytes {
                 Ok(b) => {
                     if let Err(e) = write_atomically(&self.state_dir.join(name), &b) {
@@ -249,8 +251,9 @@ pub fn start(
     let engine = Engine::new(rules, book, state, config.dashboard_url.clone());
     let notifier = notify::Notifier::start(channels, dir.join("outbox"), shutdown)?;
     let audit_path = dir.join("audit.jsonl");
-    let commander =
+    let mut commander =
         Commander::new(config.signing_key.as_deref(), config.command_ttl.0, AuditLog::open(&audit_path)?, client)?;
+    commander.awaiting = load::<Vec<AwaitingApproval>>(&dir.join("approvals.json"))?.unwrap_or_default();
     Ok(Arc::new(Automation {
         engine: Mutex::new(engine),
         commander: tokio::sync::Mutex::new(commander),
@@ -328,7 +331,8 @@ pub async fn run(
                     last_saved_book = book;
                     last_series_save = tokio::time::Instant::now();
                     let a = automation.clone();
-                    let _ = tokio::task::spawn_blocking(move || a.save()).await;
+                    let approvals = automation.commander.lock().await.awaiting.clone();
+                    let _ = tokio::task::spawn_blocking(move || a.save(&approvals)).await;
                 }
             }
             _ = rules_check.tick() => {
@@ -342,7 +346,8 @@ pub async fn run(
         }
     }
     let a = automation.clone();
-    let _ = tokio::task::spawn_blocking(move || a.save()).await;
+    let approvals = automation.commander.lock().await.awaiting.clone();
+    let _ = tokio::task::spawn_blocking(move || a.save(&approvals)).await;
 }
 
 /// Writes alerts that fired or resolved since the last tick to the database's alerts measurement
