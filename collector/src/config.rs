@@ -113,10 +113,24 @@ pub struct ExternalBroker {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// MQTT protocol version: `"5"` (default; shared subscriptions are standard there, a
+    /// persistent session expires) or `"3.1.1"` for a broker without MQTT 5.
+    #[serde(default)]
+    pub protocol: MqttVersion,
     /// Consume through the shared subscription `$share/<group>/edgeloop/v1/+/telemetry`, so the
     /// collectors of one group split the agents' batches between them (each batch goes to one).
     /// Give every collector of the group its own `ingest.client_id`.
     pub shared_group: Option<String>,
+}
+
+/// The MQTT protocol version the collector speaks to a site broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum MqttVersion {
+    #[serde(rename = "3.1.1")]
+    V311,
+    #[default]
+    #[serde(rename = "5")]
+    V5,
 }
 
 fn default_mqtt_port() -> u16 {

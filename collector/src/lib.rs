@@ -124,9 +124,10 @@ async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> R
     let stats = Arc::new(CollectorStats::default());
     let tasks = TaskTracker::new();
     let ing = &config.ingest;
-    let shared_group = match &config.broker {
-        BrokerConfig::External(cfg) => cfg.shared_group.clone(),
-        BrokerConfig::Embedded(_) => None,
+    let (shared_group, version) = match &config.broker {
+        BrokerConfig::External(cfg) => (cfg.shared_group.clone(), cfg.protocol),
+        // rumqttd embedded speaks 3.1.1 to the collector's own client.
+        BrokerConfig::Embedded(_) => (None, config::MqttVersion::V311),
     };
     let (broker, host, port, username, password) = match &config.broker {
         BrokerConfig::Embedded(cfg) => {
@@ -148,6 +149,7 @@ async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> R
         username,
         password,
         client_id: ing.client_id.clone(),
+        version,
         shared_group,
         max_in_flight: ing.max_in_flight,
         dedup_window: ing.dedup_window,

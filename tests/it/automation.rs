@@ -624,6 +624,11 @@ async fn the_automation_sees_the_whole_stream_when_collectors_share_it() {
         async move { (automation.alerts().len() as u64 == agents).then_some(()) }
     })
     .await;
+    // The collectors spoke MQTT 5 (the default for a site broker), every connection of theirs.
+    let log = mosquitto.log();
+    for id in ["collector-a", "collector-b", "collector-a-automation"] {
+        assert!(log.contains(&format!("as {id} (p5")), "{id} did not connect with MQTT 5:\n{log}");
+    }
     stop.cancel();
     a.wait().await;
     b.wait().await;

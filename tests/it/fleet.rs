@@ -23,12 +23,14 @@ async fn two_collectors_share_the_fleet_and_the_survivor_takes_over() {
     let influx = Influx1::start("edgeloop").await;
     let dir = tempfile::tempdir().unwrap();
     let bin = harness::binary("edgeloop-collector");
-    let spawn = |name: &str| -> Child {
+    // One collector speaks MQTT 3.1.1, the other MQTT 5: the group is the same to the broker.
+    let spawn = |name: &str, protocol: &str| -> Child {
         let config = dir.path().join(format!("{name}.toml"));
         std::fs::write(
             &config,
             format!(
-                "[broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {}\nshared_group = \"collectors\"\n\n\
+                "[broker]\nmode = \"external\"\nhost = \"127.0.0.1\"\nport = {}\nshared_group = \"collectors\"\n\
+                 protocol = \"{protocol}\"\n\n\
                  [ingest]\nclient_id = \"{name}\"\nretry_max = \"1s\"\n\n\
                  [store]\nkind = \"influx_v1\"\nurl = \"{}\"\ndatabase = \"edgeloop\"\n",
                 mosquitto.port, influx.url
@@ -43,8 +45,8 @@ async fn two_collectors_share_the_fleet_and_the_survivor_takes_over() {
             .spawn()
             .unwrap()
     };
-    let mut a = spawn("collector-a");
-    let mut b = spawn("collector-b");
+    let mut a = spawn("collector-a", "3.1.1");
+    let mut b = spawn("collector-b", "5");
 
     let total = 16_000;
     let stop = CancellationToken::new();
@@ -61,6 +63,8 @@ async fn two_collectors_share_the_fleet_and_the_survivor_takes_over() {
         (influx.count("edgeloop", "readings", "value").await >= 6_000).then_some(())
     })
     .await;
+    let log = mosquitto.log();
+    assert!(log.contains("as collector-a (p2") && log.contains("as collector-b (p5"), "protocols:\n{log}");
     a.kill().unwrap(); // SIGKILL, mid-stream
     a.wait().unwrap();
     let at_kill = influx.count("edgeloop", "readings", "value").await;

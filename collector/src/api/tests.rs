@@ -93,7 +93,7 @@ async fn fixture(with_automation: bool) -> Fixture {
         // A client whose event loop is never polled: publishes queue (the test reads them from the audit).
         let (client, eventloop) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("api-test", "127.0.0.1", 1), 64);
         mqtt = Some(eventloop);
-        let (_client_tx, client_rx) = tokio::sync::watch::channel(Some(client));
+        let (_client_tx, client_rx) = tokio::sync::watch::channel(Some(crate::ingest::client::Client::V4(client)));
         let a = automation::start(&config, BTreeMap::new(), client_rx, shutdown.clone()).unwrap();
         let (stored_tx, stored) = tokio::sync::mpsc::channel(8);
         let (results_tx, results) = tokio::sync::mpsc::channel(8);

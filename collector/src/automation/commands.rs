@@ -15,12 +15,12 @@ use std::{
     time::Duration,
 };
 
+use crate::ingest::client::Client;
 use edgeloop_shared::{
     command::SigningKey,
     model::{Command, CommandAction, CommandResult, to_wire},
     topic::{self, Channel},
 };
-use rumqttc::{AsyncClient, QoS};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +122,7 @@ pub struct Commander {
     key: Option<SigningKey>,
     ttl: Duration,
     pub audit: AuditLog,
-    client: tokio::sync::watch::Receiver<Option<AsyncClient>>,
+    client: tokio::sync::watch::Receiver<Option<Client>>,
     last_id: u64,
     /// Sent, not answered yet: id → (agent, issuer, action).
     sent: HashMap<u64, (String, String, String)>,
@@ -134,7 +134,7 @@ impl Commander {
         key_file: Option<&Path>,
         ttl: Duration,
         audit: AuditLog,
-        client: tokio::sync::watch::Receiver<Option<AsyncClient>>,
+        client: tokio::sync::watch::Receiver<Option<Client>>,
     ) -> Result<Self, CommandError> {
         let key = match key_file {
             Some(path) => {
@@ -212,10 +212,7 @@ impl Commander {
             verdict: "sent".into(),
             detail: format!("signed with key {}, expires in {:?}", key.key_id(), self.ttl),
         })?;
-        client
-            .publish(topic::topic(agent, Channel::Cmd), QoS::AtLeastOnce, false, signed)
-            .await
-            .map_err(|e| CommandError::Send(e.to_string()))?;
+        client.publish(topic::topic(agent, Channel::Cmd), signed).await.map_err(CommandError::Send)?;
         tracing::info!(agent, id, issuer, action = %summary, "command sent");
         self.sent.insert(id, (agent.into(), issuer.into(), summary));
         Ok(id)

@@ -219,7 +219,7 @@ pub struct Inputs {
 pub fn start(
     config: &AutomationConfig,
     channels: std::collections::BTreeMap<String, notify::ChannelConfig>,
-    client: tokio::sync::watch::Receiver<Option<rumqttc::AsyncClient>>,
+    client: tokio::sync::watch::Receiver<Option<crate::ingest::client::Client>>,
     shutdown: CancellationToken,
 ) -> Result<Arc<Automation>, AutomationError> {
     let dir = &config.state_dir;

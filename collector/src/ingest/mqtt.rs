@@ -13,13 +13,13 @@ use std::{
     time::Duration,
 };
 
+use super::client::{self, Client, ConnectOptions, Incoming, Message};
 use edgeloop_shared::{
     backoff::Backoff,
     batch::Batch,
     model::{Ack, AckStatus, CommandResult, Presence, from_wire, to_wire},
     topic::{self, Channel},
 };
-use rumqttc::{AsyncClient, Event, MqttOptions, NetworkOptions, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,7 @@ pub struct IngestSettings {
     pub username: Option<String>,
     pub password: Option<String>,
     pub client_id: String,
+    pub version: crate::config::MqttVersion,
     /// Consume through `$share/<group>/...` (several collectors split the load).
     pub shared_group: Option<String>,
     pub max_in_flight: u16,
@@ -59,7 +60,7 @@ pub struct Tap {
     pub stored: Option<mpsc::Sender<Arc<Batch>>>,
     pub results: Option<mpsc::Sender<CommandResult>>,
     /// Receives the ingest's MQTT client, for publishing commands to agents.
-    pub client: watch::Sender<Option<AsyncClient>>,
+    pub client: watch::Sender<Option<Client>>,
 }
 
 /// What became of one message.
@@ -80,30 +81,28 @@ pub async fn run(
     tap: Option<Tap>,
     shutdown: CancellationToken,
 ) {
-    let mut opts = MqttOptions::new(settings.client_id.clone(), settings.host.clone(), settings.port);
-    opts.set_keep_alive(Duration::from_secs(15))
+    let (client, mut eventloop) = client::connect(&ConnectOptions {
+        version: settings.version,
+        client_id: settings.client_id.clone(),
+        host: settings.host.clone(),
+        port: settings.port,
+        username: settings.username.clone(),
+        password: settings.password.clone(),
         // A persistent session lets the broker queue batches while this collector restarts. Not
         // in a shared group: there a dead member's session would keep taking its share of the
         // batches into a queue nobody reads until it expires; with a clean session the broker
         // drops the member at once and the agents' re-sends go to the survivors.
-        .set_clean_session(settings.shared_group.is_some())
-        .set_manual_acks(true)
-        .set_inflight(settings.max_in_flight.max(1))
-        .set_max_packet_size(64 << 20, 1 << 20);
-    if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
-        opts.set_credentials(u, p);
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+        persistent: settings.shared_group.is_none(),
+        manual_acks: true,
+        max_in_flight: settings.max_in_flight,
+        channel_capacity: 1024,
+    });
     if let Some(tap) = &tap {
         tap.client.send_replace(Some(client.clone()));
     }
-    let mut net = NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    net.set_connection_timeout(5);
-    eventloop.set_network_options(net);
 
     // The broker sends at most its in-flight limit of un-acked messages, so this never fills up.
-    let (tx, mut rx) = mpsc::channel::<Publish>(4096);
+    let (tx, mut rx) = mpsc::channel::<Message>(4096);
     let poll_client = client.clone();
     let poll_shutdown = shutdown.clone();
     let mut backoff = Backoff::seeded(settings.write.retry_min, settings.write.retry_max);
@@ -131,6 +130,7 @@ pub async fn run(
         t
     });
     let poll_ready = ready.clone();
+    let version = settings.version;
     let poller = tokio::spawn(async move {
         loop {
             let event = tokio::select! {
@@ -138,37 +138,37 @@ pub async fn run(
                 _ = poll_shutdown.cancelled() => break,
             };
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(c))) => {
+                Ok(Incoming::ConnAck { session_present }) => {
                     backoff.reset();
                     suback_count = 0;
-                    tracing::info!(session_present = c.session_present, "ingest connected to the broker");
-                    if poll_client.try_subscribe(&filter, QoS::AtLeastOnce).is_err() {
+                    tracing::info!(session_present, version = ?version, "ingest connected to the broker");
+                    if poll_client.try_subscribe(&filter, true).is_err() {
                         tracing::error!("cannot queue the telemetry subscription");
                     }
 
                     // Status is not shared: every collector keeps the whole fleet registry.
-                    if poll_client.try_subscribe(&status_filter, QoS::AtLeastOnce).is_err() {
+                    if poll_client.try_subscribe(&status_filter, true).is_err() {
                         tracing::error!("cannot queue the status subscription");
                     }
                     // Command results go to every collector too; the one that sent the command
                     // (its automation knows the id) audits it, the others ignore it.
-                    if poll_client.try_subscribe(&result_filter, QoS::AtLeastOnce).is_err() {
+                    if poll_client.try_subscribe(&result_filter, true).is_err() {
                         tracing::error!("cannot queue the command-result subscription");
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                Ok(Incoming::SubAck) => {
                     suback_count += 1;
                     // Consuming once the three subscriptions of this connection are confirmed.
                     if suback_count == 3 {
                         poll_ready.set(0, true);
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+                Ok(Incoming::Publish(p)) => {
                     if tx.send(p).await.is_err() {
                         break;
                     }
                 }
-                Ok(_) => {}
+                Ok(Incoming::Other) => {}
                 Err(e) => {
                     poll_ready.set(0, false);
                     let delay = backoff.next_delay();
@@ -280,12 +280,18 @@ async fn whole_stream_feed(
     ready: Arc<Readiness>,
     shutdown: CancellationToken,
 ) {
-    let mut opts = MqttOptions::new(format!("{}-automation", settings.client_id), settings.host, settings.port);
-    opts.set_keep_alive(Duration::from_secs(15)).set_clean_session(true).set_max_packet_size(64 << 20, 1 << 20);
-    if let (Some(u), Some(p)) = (&settings.username, &settings.password) {
-        opts.set_credentials(u, p);
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let (client, mut eventloop) = client::connect(&ConnectOptions {
+        version: settings.version,
+        client_id: format!("{}-automation", settings.client_id),
+        host: settings.host.clone(),
+        port: settings.port,
+        username: settings.username.clone(),
+        password: settings.password.clone(),
+        persistent: false,
+        manual_acks: false,
+        max_in_flight: settings.max_in_flight,
+        channel_capacity: 64,
+    });
     let filter = topic::all_agents(Channel::Telemetry);
     let mut backoff = Backoff::seeded(settings.write.retry_min, settings.write.retry_max);
     loop {
@@ -294,16 +300,16 @@ async fn whole_stream_feed(
             _ = shutdown.cancelled() => return,
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Incoming::ConnAck { .. }) => {
                 backoff.reset();
-                if client.try_subscribe(&filter, QoS::AtMostOnce).is_err() {
+                if client.try_subscribe(&filter, false).is_err() {
                     tracing::error!("cannot queue the automation's whole-stream subscription");
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => ready.set(1, true),
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let Some((agent, Channel::Telemetry)) = topic::parse(&p.topic) else { continue };
-                match Batch::decode(&p.payload) {
+            Ok(Incoming::SubAck) => ready.set(1, true),
+            Ok(Incoming::Publish(p)) => {
+                let Some((agent, Channel::Telemetry)) = topic::parse(p.topic()) else { continue };
+                match Batch::decode(p.payload()) {
                     Ok(batch) if batch.agent == agent => match automation.try_send(Arc::new(batch)) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -317,7 +323,7 @@ async fn whole_stream_feed(
                     }
                 }
             }
-            Ok(_) => {}
+            Ok(Incoming::Other) => {}
             Err(e) => {
                 ready.set(1, false);
                 let delay = backoff.next_delay();
@@ -333,7 +339,7 @@ async fn whole_stream_feed(
 
 /// One database write under way, with the messages it answers.
 struct InFlight {
-    group: Vec<Publish>,
+    group: Vec<Message>,
     task: tokio::task::JoinHandle<Option<Vec<Prepared>>>,
     started: std::time::Instant,
 }
@@ -354,7 +360,7 @@ async fn front_finished(pipeline: &mut VecDeque<InFlight>) -> WriteResult {
 async fn settle(
     w: InFlight,
     result: WriteResult,
-    client: &AsyncClient,
+    client: &Client,
     stats: &CollectorStats,
     fleet: &Fleet,
     dedup: &mut Dedup,
@@ -387,9 +393,7 @@ async fn settle(
         if let Outcome::Ack { agent, ack } = outcome {
             match to_wire(&ack) {
                 Ok(bytes) => {
-                    if let Err(e) =
-                        client.publish(topic::topic(&agent, Channel::Ack), QoS::AtLeastOnce, false, bytes).await
-                    {
+                    if let Err(e) = client.publish(topic::topic(&agent, Channel::Ack), bytes).await {
                         tracing::warn!(%agent, seq = ack.seq, error = %e, "cannot queue the ack; the agent will re-send");
                     }
                 }
@@ -405,8 +409,8 @@ async fn settle(
 }
 
 /// A cheap size estimate of a message before decoding it: wire batches take ~3 bytes per point.
-fn points_of(p: &Publish) -> usize {
-    p.payload.len() / 3
+fn points_of(p: &Message) -> usize {
+    p.payload().len() / 3
 }
 
 /// How the ingest groups messages into database writes.
@@ -432,9 +436,9 @@ enum Prepared {
 }
 
 /// Decodes and checks a message; status messages update the fleet registry.
-fn prepare(publish: &Publish, stats: &CollectorStats, fleet: &Fleet, dedup: &mut Dedup, tap: Option<&Tap>) -> Prepared {
-    if let Some((agent, Channel::Result)) = topic::parse(&publish.topic) {
-        match from_wire::<CommandResult>(&publish.payload) {
+fn prepare(publish: &Message, stats: &CollectorStats, fleet: &Fleet, dedup: &mut Dedup, tap: Option<&Tap>) -> Prepared {
+    if let Some((agent, Channel::Result)) = topic::parse(publish.topic()) {
+        match from_wire::<CommandResult>(publish.payload()) {
             Ok(r) if r.agent == agent => {
                 if let Some(results) = tap.and_then(|t| t.results.as_ref())
                     && results.try_send(r).is_err()
@@ -453,8 +457,8 @@ fn prepare(publish: &Publish, stats: &CollectorStats, fleet: &Fleet, dedup: &mut
         }
         return Prepared::Done(Outcome::Drop);
     }
-    if let Some((agent, Channel::Status)) = topic::parse(&publish.topic) {
-        match from_wire::<Presence>(&publish.payload) {
+    if let Some((agent, Channel::Status)) = topic::parse(publish.topic()) {
+        match from_wire::<Presence>(publish.payload()) {
             Ok(p) => fleet.on_presence(agent, p),
             Err(e) => {
                 stats.malformed.fetch_add(1, Relaxed);
@@ -464,16 +468,16 @@ fn prepare(publish: &Publish, stats: &CollectorStats, fleet: &Fleet, dedup: &mut
         return Prepared::Done(Outcome::Drop);
     }
     stats.batches_received.fetch_add(1, Relaxed);
-    let Some((agent, Channel::Telemetry)) = topic::parse(&publish.topic) else {
+    let Some((agent, Channel::Telemetry)) = topic::parse(publish.topic()) else {
         stats.malformed.fetch_add(1, Relaxed);
-        tracing::warn!(topic = %publish.topic, "message on a topic that is not an agent's telemetry; dropped");
+        tracing::warn!(topic = %publish.topic(), "message on a topic that is not an agent's telemetry; dropped");
         return Prepared::Done(Outcome::Drop);
     };
-    let batch = match Batch::decode(&publish.payload) {
+    let batch = match Batch::decode(publish.payload()) {
         Ok(b) => b,
         Err(e) => {
             stats.malformed.fetch_add(1, Relaxed);
-            tracing::warn!(agent, bytes = publish.payload.len(), error = %e, "malformed batch dropped");
+            tracing::warn!(agent, bytes = publish.payload().len(), error = %e, "malformed batch dropped");
             return Prepared::Done(Outcome::Drop);
         }
     };

@@ -47,6 +47,14 @@ impl Mosquitto {
     }
 }
 
+impl Mosquitto {
+    /// What the broker logged so far (connections name their protocol: `p2` is MQTT 3.1.1, `p5`
+    /// MQTT 5).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
 impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();
