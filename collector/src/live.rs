@@ -43,8 +43,9 @@ impl EventRecord {
 struct Inner {
     /// (agent, sensor) → points, oldest first, at least `spacing` apart.
     series: HashMap<(String, String), VecDeque<(i64, f64)>>,
-    /// (agent, sensor) → the latest reading (every reading, not only the kept ones).
-    latest: HashMap<(String, String), (i64, f64)>,
+    /// agent → sensor → the latest reading (every reading, not only the kept ones). By agent, so
+    /// one agent's sensors are read without walking the whole fleet's.
+    latest: HashMap<String, BTreeMap<String, (i64, f64)>>,
     events: VecDeque<EventRecord>,
     /// agent → the rule-set version its last `rules_loaded` event named.
     rules_versions: BTreeMap<String, u64>,
@@ -86,7 +87,8 @@ impl Live {
             for s in &batch.series {
                 let key = (batch.agent.clone(), s.sensor.clone());
                 if let Some(p) = s.points.last() {
-                    let latest = inner.latest.entry(key.clone()).or_insert((p.ts_ns, p.value));
+                    let sensors = inner.latest.entry(batch.agent.clone()).or_default();
+                    let latest = sensors.entry(s.sensor.clone()).or_insert((p.ts_ns, p.value));
                     if p.ts_ns >= latest.0 {
                         *latest = (p.ts_ns, p.value);
                     }
@@ -94,7 +96,7 @@ impl Live {
                 let ring = inner.series.entry(key).or_default();
                 for p in &s.points {
                     match ring.back() {
-                        // Too close to the last kept point: it stands for both (the latest value wins).
+                        // Too close to the last kept point: that one stands for both.
                         Some(&(ts, _)) if p.ts_ns >= ts && p.ts_ns - ts < self.spacing_ns => {}
                         Some(&(ts, _)) if p.ts_ns < ts => {} // out of order: the window is for charts
                         _ => ring.push_back((p.ts_ns, p.value)),
@@ -142,10 +144,11 @@ impl Live {
     /// Each sensor's latest reading of `agent`: (sensor, ts_ns, value), by sensor name.
     pub fn latest(&self, agent: &str) -> Vec<(String, i64, f64)> {
         let inner = self.lock();
-        let mut out: Vec<(String, i64, f64)> =
-            inner.latest.iter().filter(|((a, _), _)| a == agent).map(|((_, s), &(ts, v))| (s.clone(), ts, v)).collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+        inner
+            .latest
+            .get(agent)
+            .map(|sensors| sensors.iter().map(|(s, &(ts, v))| (s.clone(), ts, v)).collect())
+            .unwrap_or_default()
     }
 
     /// The latest events, newest first.
