@@ -32,7 +32,7 @@ impl EventRecord {
             agent: agent.into(),
             ts_ns: e.ts_ns,
             kind: e.kind.name().into(),
-            severity: format!("{:?}", e.severity).to_lowercase(),
+            severity: e.severity.name().into(),
             subject: e.subject.clone(),
             message: e.message.clone(),
         }

@@ -343,7 +343,7 @@ fn print_alerts(
     let Some(automation) = &collector.automation else { return Ok(()) };
     for view in automation.alerts() {
         let a = &view.alert;
-        let mut state = format!("{:?}", a.state).to_lowercase();
+        let mut state = a.state.name().to_owned();
         if view.inhibited {
             state.push_str(", inhibited");
         }

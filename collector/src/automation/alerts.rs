@@ -766,6 +766,12 @@ impl AlertBook {
         self.records.values().map(|r| view(r, mutes.get(&r.alert.fingerprint))).collect()
     }
 
+    /// An alert's state, without working out why it is (not) notified: cheap enough to ask for
+    /// every series on every tick.
+    pub fn state(&self, fingerprint: &str) -> Option<AlertState> {
+        self.records.get(fingerprint).map(|r| r.alert.state)
+    }
+
     pub fn get(&self, fingerprint: &str) -> Option<AlertView> {
         let record = self.records.get(fingerprint)?;
         let mutes = self.mutes(self.clock_ns);

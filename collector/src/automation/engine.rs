@@ -174,7 +174,7 @@ impl Engine {
     ) -> BTreeMap<String, String> {
         let mut l: BTreeMap<String, String> = rule.labels.clone();
         l.insert("kind".into(), rule.kind.name().into());
-        l.insert("severity".into(), format!("{:?}", rule.severity).to_lowercase());
+        l.insert("severity".into(), rule.severity.name().into());
         l.insert("rule".into(), id.into());
         if let Some(agent) = agent {
             l.insert("agent".into(), agent.into());
@@ -461,7 +461,7 @@ impl Engine {
         summary: String,
     ) {
         let fp = super::alerts::fingerprint(id, &labels);
-        let known = self.book.get(&fp).is_some_and(|v| v.alert.state != AlertState::Resolved);
+        let known = self.book.state(&fp).is_some_and(|s| s != AlertState::Resolved);
         if active || known {
             self.signal(now_ns, id, rule, labels, active, summary, None, None);
         }

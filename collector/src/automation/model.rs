@@ -16,6 +16,17 @@ pub enum Severity {
     Critical,
 }
 
+impl Severity {
+    /// The lower-case name (as in JSON, labels and the database).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
 /// Where an alert is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -24,6 +35,17 @@ pub enum AlertState {
     Pending,
     Firing,
     Resolved,
+}
+
+impl AlertState {
+    /// The lower-case name (as in JSON and the database).
+    pub const fn name(self) -> &'static str {
+        match self {
+            AlertState::Pending => "pending",
+            AlertState::Firing => "firing",
+            AlertState::Resolved => "resolved",
+        }
+    }
 }
 
 /// A fitted trend's answer: when the series reaches `limit`, with an uncertainty interval.

@@ -54,7 +54,7 @@ pub fn replay(
                 states.insert(a.fingerprint.clone(), a.state);
                 out.push(ReplayLine {
                     ts_ns: until,
-                    text: format!("alert {:?} {}: {}", a.state, a.rule, a.summary).to_lowercase(),
+                    text: format!("alert {} {}: {}", a.state.name(), a.rule, a.summary),
                 });
             }
         }

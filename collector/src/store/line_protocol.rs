@@ -71,17 +71,7 @@ pub fn encode_alert(out: &mut String, measurement: &str, a: &crate::automation::
     escape(out, measurement, Kind::Measurement);
     out.push_str(",rule=");
     escape(out, &a.rule, Kind::Tag);
-    let state = match a.state {
-        crate::automation::model::AlertState::Pending => "pending",
-        crate::automation::model::AlertState::Firing => "firing",
-        crate::automation::model::AlertState::Resolved => "resolved",
-    };
-    let severity = match a.severity {
-        crate::automation::model::Severity::Info => "info",
-        crate::automation::model::Severity::Warning => "warning",
-        crate::automation::model::Severity::Critical => "critical",
-    };
-    let _ = write!(out, ",severity={severity},state={state}");
+    let _ = write!(out, ",severity={},state={}", a.severity.name(), a.state.name());
     // Tags in key order (InfluxDB's preferred order; any order is accepted).
     for key in ["agent", "machine", "sensor", "site"] {
         if let Some(v) = a.labels.get(key).filter(|v| !v.is_empty()) {
