@@ -143,11 +143,9 @@ impl Fleet {
 
     fn save_to(&self, path: &std::path::Path) {
         let Ok(agents) = self.agents.lock().map(|a| a.clone()) else { return };
-        let tmp = path.with_extension("tmp");
         let written = serde_json::to_vec_pretty(&agents)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, path));
+            .and_then(|bytes| crate::state_file::write_atomically(path, &bytes, false));
         if let Err(e) = written {
             tracing::warn!(file = %path.display(), error = %e, "cannot save the fleet state");
         }

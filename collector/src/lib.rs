@@ -16,6 +16,7 @@
 //! - [`api`]: the HTTP API (tokens, roles, OpenAPI), the dashboard, `/metrics` and `/fleet`.
 //! - [`metrics`]: Prometheus `/metrics` and `/fleet` (JSON).
 //! - [`stats`]: the collector's counters and histograms.
+//! - [`state_file`]: crash-safe writes of the collector's state files.
 
 pub mod api;
 pub mod automation;
@@ -24,6 +25,7 @@ pub mod fleet;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod state_file;
 pub mod stats;
 pub mod store;
 

@@ -143,25 +143,10 @@ fn load_file(path: &Path) -> Result<Vec<TokenEntry>, TokenError> {
 
 /// temp + fsync + rename (+ fsync of the directory), readable by the owner only.
 fn save_file(path: &Path, tokens: &[TokenEntry]) -> Result<(), TokenError> {
-    use std::io::Write;
     let err = |error| TokenError::Write { path: path.into(), error };
     let bytes = serde_json::to_vec_pretty(&TokenFileBody { tokens: tokens.to_vec() })
         .map_err(|e| err(std::io::Error::other(e)))?;
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(err)?;
-    f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    }
-    Ok(())
+    crate::state_file::write_atomically(path, &bytes, true).map_err(err)
 }
 
 fn check_name(name: &str) -> Result<(), TokenError> {

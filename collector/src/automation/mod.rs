@@ -165,17 +165,20 @@ impl Automation {
         self.engine().series_count()
     }
 
-    /// Saves the alert book, the series' learned state and the commands awaiting approval.
-    fn save(&self, approvals: &[AwaitingApproval]) {
-        let (book, state) = {
-            let e = self.engine();
-            (serde_json::to_vec(&e.book), serde_json::to_vec(&e.state))
-        };
+    /// The alert book as saved (JSON).
+    fn book_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(&self.engine().book)
+    }
+
+    /// Saves the alert book (already encoded), the series' learned state and the commands
+    /// awaiting approval.
+    fn save(&self, book: Result<Vec<u8>, serde_json::Error>, approvals: &[AwaitingApproval]) {
+        let state = serde_json::to_vec(&self.engine().state);
         let approvals = serde_json::to_vec(approvals);
         for (name, bytes) in [("alerts.json", book), ("series.json", state), ("approvals.json", approvals)] {
             match bytes {
                 Ok(b) => {
-                    if let Err(e) = write_atomically(&self.state_dir.join(name), &b) {
+                    if let Err(e) = crate::state_file::write_atomically(&self.state_dir.join(name), &b, false) {
                         tracing::error!(file = name, error = %e, "cannot save the automation state");
                     }
                 }
@@ -183,20 +186,6 @@ impl Automation {
             }
         }
     }
-}
-
-/// temp + fsync + rename: a crash leaves the old file or the new one, never half of one.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, AutomationError> {
@@ -281,7 +270,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rules_check = tokio::time::interval(config.rules_check_interval.0.max(Duration::from_millis(100)));
     let mut rules_mtime = modified(&config.rules);
-    let mut last_saved_book = String::new();
+    let mut last_saved_book = Vec::new();
     let mut last_series_save = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -326,13 +315,17 @@ pub async fn run(
                     }
                 }
                 record_changes(&automation, &mut recorded, &store);
-                let book = serde_json::to_string(&automation.engine().book).unwrap_or_default();
-                if book != last_saved_book || last_series_save.elapsed() > Duration::from_secs(60) {
-                    last_saved_book = book;
+                // Encoded once a tick: compared with what was saved last, and saved as is.
+                let book = automation.book_json();
+                let changed = book.as_ref().map_or(true, |b| *b != last_saved_book);
+                if changed || last_series_save.elapsed() > Duration::from_secs(60) {
+                    if let Ok(b) = &book {
+                        last_saved_book.clone_from(b);
+                    }
                     last_series_save = tokio::time::Instant::now();
                     let a = automation.clone();
                     let approvals = automation.commander.lock().await.awaiting.clone();
-                    let _ = tokio::task::spawn_blocking(move || a.save(&approvals)).await;
+                    let _ = tokio::task::spawn_blocking(move || a.save(book, &approvals)).await;
                 }
             }
             _ = rules_check.tick() => {
@@ -347,7 +340,7 @@ pub async fn run(
     }
     let a = automation.clone();
     let approvals = automation.commander.lock().await.awaiting.clone();
-    let _ = tokio::task::spawn_blocking(move || a.save(&approvals)).await;
+    let _ = tokio::task::spawn_blocking(move || a.save(a.book_json(), &approvals)).await;
 }
 
 /// Writes alerts that fired or resolved since the last tick to the database's alerts measurement
