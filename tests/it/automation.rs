@@ -474,7 +474,7 @@ async fn signed_commands_are_verified_audited_and_pushed_rules_run_on_the_agent(
         action: CommandAction::Shutdown { reason: "forged".into() },
     };
     let mut forged = other.sign(&forged_cmd).unwrap();
-    forged.key_id = edgeloop_shared::command::key_id(&hex(&public));
+    forged.key_id = edgeloop_shared::command::VerifyingKey::from_hex(&public).unwrap().key_id();
     let wire = to_wire::<SignedCommand>(&forged).unwrap();
     attacker.publish(topic::topic("gw-trusted", Channel::Cmd), QoS::AtLeastOnce, false, wire).await.unwrap();
     let trusted_audit = dir.path().join("gw-trusted/data/audit.jsonl");
@@ -509,10 +509,6 @@ async fn signed_commands_are_verified_audited_and_pushed_rules_run_on_the_agent(
     agent_stop.cancel();
     shutdown.cancel();
     c.wait().await;
-}
-
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
 /// A real agent with a rule file and commands trusting `public_key`.
