@@ -14,6 +14,7 @@
 //! - [`store`]: InfluxDB (both write APIs), the embedded local store, line protocol.
 //! - [`fleet`]: the fleet registry (every agent's presence and last report, persisted).
 //! - [`api`]: the HTTP API (tokens, roles, OpenAPI), the dashboard, `/metrics` and `/fleet`.
+//! - [`model`]: what store, automation, notify and api share: alerts, notification groups, predictions.
 //! - [`metrics`]: Prometheus `/metrics` and `/fleet` (JSON).
 //! - [`stats`]: the collector's counters and histograms.
 //! - [`state_file`]: crash-safe writes of the collector's state files.
@@ -25,6 +26,7 @@ pub mod fleet;
 pub mod ingest;
 pub mod live;
 pub mod metrics;
+pub mod model;
 pub mod state_file;
 pub mod stats;
 pub mod store;

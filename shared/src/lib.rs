@@ -4,8 +4,10 @@
 //! feature adds the heap-backed uplink types and `std` adds `std::error::Error` impls.
 //!
 //! # Layout
+//! - `atomic_file` (`std`): crash-safe replacement of state files (temp file, fsync, rename, dir fsync).
 //! - [`backoff`]: jittered exponential retry delays (reconnects, database retries).
 //! - `broker` (feature `broker`): the embedded rumqttd MQTT broker.
+//! - `clock` (`std`): the one wall clock, nanoseconds since the Unix epoch.
 //! - `command` (feature `sign`): Ed25519 signing keys, signed commands and their verification.
 //! - `config` (feature `config`): strict TOML parsing and every-problem validation for config files.
 //! - `http` (feature `http`): the tiny HTTP server for `/metrics`, and the Prometheus text format.
@@ -15,6 +17,7 @@
 //! - [`model`] (`alloc`): reading, event, command (signed, and its result) and ack.
 //! - [`batch`] (`alloc`): the uplink batch an agent sends to the collector, and its versioned wire format.
 //! - [`codec`] (`alloc`): compact columnar encoding of one sensor's points (predicted, bit-packed).
+//! - `secret` (feature `config`): credentials that redact themselves in `Debug`.
 //! - [`units`]: human-readable durations and sizes for config files (`"250ms"`, `"64MiB"`).
 //! - [`topic`]: the versioned MQTT topic scheme `edgeloop/v1/{agent}/{channel}`.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
@@ -22,9 +25,13 @@
 #[cfg(feature = "alloc")]
 extern crate alloc;
 
+#[cfg(feature = "std")]
+pub mod atomic_file;
 pub mod backoff;
 #[cfg(feature = "broker")]
 pub mod broker;
+#[cfg(feature = "std")]
+pub mod clock;
 #[cfg(feature = "sign")]
 pub mod command;
 #[cfg(feature = "config")]
@@ -33,6 +40,8 @@ pub mod frame;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod id;
+#[cfg(feature = "config")]
+pub mod secret;
 pub mod topic;
 pub mod units;
 

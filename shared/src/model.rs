@@ -96,6 +96,14 @@ pub struct Event {
     pub values: Vec<(String, f64)>,
 }
 
+/// What flows through the agent's pipeline and its rule recordings: a reading, or an event that
+/// travels with the readings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Reading(Reading),
+    Event(Event),
+}
+
 /// The binary MQTT payload a sensor may publish (behind the wire version byte): one value,
 /// with the device's own timestamp when it has a clock.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -373,7 +373,7 @@ async fn alert_state_survives_a_restart_without_a_second_notification() {
     let after = c.automation.clone().unwrap().alerts();
     assert_eq!(after.len(), 1, "{after:?}");
     assert_eq!(after[0].alert.fingerprint, before[0].alert.fingerprint);
-    assert_eq!(after[0].alert.state, edgeloop_collector::automation::model::AlertState::Firing);
+    assert_eq!(after[0].alert.state, edgeloop_collector::model::AlertState::Firing);
     assert_eq!(after[0].alert.started_ns, before[0].alert.started_ns);
     assert_eq!(hook.bodies().len(), 1, "no second notification after the restart: {:?}", hook.bodies());
     shutdown.cancel();

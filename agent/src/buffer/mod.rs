@@ -16,18 +16,12 @@ use std::{
     time::Duration,
 };
 
-use edgeloop_shared::model::{Event, Reading};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::AgentStats;
 
-/// What the intake takes: a reading, or an event that travels with the readings.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Record {
-    Reading(Reading),
-    Event(Event),
-}
+pub use edgeloop_shared::model::Record;
 
 /// How the intake groups readings.
 #[derive(Debug, Clone)]

@@ -82,7 +82,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::model::{Alert, AlertState, GroupStatus, Notification, Prediction, Severity};
+use crate::model::{Alert, AlertState, GroupStatus, Notification, Prediction, Severity};
 
 const HOUR_NS: i64 = 3_600_000_000_000;
 

@@ -15,11 +15,13 @@ use serde::{Deserialize, Serialize};
 use super::{
     alerts::{AlertBook, AlertError, AlertView, InhibitRule, MatchOp, Matcher, RoutePolicy, Signal},
     detect::{DetectorConfig, SeriesDetector, Verdict},
-    model::{AlertState, Notification, Prediction},
     monitor::{IndicatorMonitor, MonitorParams},
     rules::{Approval, CommandKind, FleetRule, FleetRules, RuleKind, glob},
 };
-use crate::fleet::AgentView;
+use crate::{
+    fleet::AgentView,
+    model::{AlertState, Notification, Prediction},
+};
 
 /// A command an automation rule asks for (the task signs and sends it, or holds it for approval).
 #[derive(Debug, Clone, PartialEq)]

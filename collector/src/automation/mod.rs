@@ -19,7 +19,6 @@
 //! - [`commands`]: signed commands to agents and the audit log.
 //! - [`replay`]: a recording through the fleet rules in simulated time (`rules test`).
 //! - [`synthetic`]: the synthetic run-to-failure set the tests and benchmarks score against.
-//! - [`model`]: the types people see (alerts, notifications, predictions).
 //!
 //! Only one collector of a fleet should run the automation (set `[automation]` on it alone): its
 //! state (alerts, baselines) lives in its `state_dir` and survives its restarts.
@@ -28,7 +27,6 @@ pub mod alerts;
 pub mod commands;
 pub mod detect;
 pub mod engine;
-pub mod model;
 pub mod monitor;
 pub mod notify;
 pub mod predict;
@@ -264,7 +262,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     // What the database has been told about each alert (restored alerts are not written again).
-    let mut recorded: std::collections::HashMap<String, model::AlertState> =
+    let mut recorded: std::collections::HashMap<String, crate::model::AlertState> =
         automation.alerts().into_iter().map(|v| (v.alert.fingerprint, v.alert.state)).collect();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -347,14 +345,14 @@ pub async fn run(
 /// (off the automation's path: a slow database delays only this write).
 fn record_changes(
     automation: &Automation,
-    recorded: &mut std::collections::HashMap<String, model::AlertState>,
+    recorded: &mut std::collections::HashMap<String, crate::model::AlertState>,
     store: &Arc<crate::store::Store>,
 ) {
     let views = automation.alerts();
     let mut changed = Vec::new();
     for v in &views {
         let state = v.alert.state;
-        if state != model::AlertState::Pending && recorded.get(&v.alert.fingerprint) != Some(&state) {
+        if state != crate::model::AlertState::Pending && recorded.get(&v.alert.fingerprint) != Some(&state) {
             recorded.insert(v.alert.fingerprint.clone(), state);
             changed.push(v.alert.clone());
         }

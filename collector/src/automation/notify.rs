@@ -101,7 +101,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::fleet::now_ns;
 
-use super::model::{Alert, AlertState, GroupStatus, Notification, Prediction, Severity};
+use crate::model::{Alert, AlertState, GroupStatus, Notification, Prediction, Severity};
 use edgeloop_shared::{backoff::Backoff, units::HumanDuration};
 
 /// The generic JSON's `version` field; bump it when a field changes meaning or disappears.

@@ -10,9 +10,9 @@ use edgeloop_shared::{batch::Batch, model::Reading};
 use super::{
     alerts::{AlertBook, AlertsConfig},
     engine::{Engine, EngineState, inhibit_rules},
-    model::{AlertState, GroupStatus},
     rules::FleetRules,
 };
+use crate::model::{AlertState, GroupStatus};
 
 /// Something the replay saw, at a recording time.
 #[derive(Debug, Clone, PartialEq)]

@@ -17,7 +17,7 @@ use edgeloop_shared::{
 };
 use serde::Deserialize;
 
-use super::model::Severity;
+use crate::model::Severity;
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -138,7 +138,7 @@ impl InfluxStore {
     }
 
     /// Writes alert state changes (one line each) to the alerts measurement.
-    pub async fn write_alerts(&self, alerts: &[crate::automation::model::Alert], ts_ns: i64) -> Result<(), StoreError> {
+    pub async fn write_alerts(&self, alerts: &[crate::model::Alert], ts_ns: i64) -> Result<(), StoreError> {
         let mut body = String::new();
         for a in alerts {
             line_protocol::encode_alert(&mut body, &self.alerts_measurement, a, ts_ns);

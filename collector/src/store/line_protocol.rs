@@ -67,7 +67,7 @@ pub fn encode_batch(out: &mut String, measurement: &str, events_measurement: &st
 /// Appends one alert state change: `alerts,rule=..,state=..,severity=..[,agent=..][,sensor=..]
 /// [,site=..][,machine=..] fingerprint="..",summary="..",value=..,limit=..,eta_ns=..i,low_ns=..i,
 /// high_ns=..i <ts_ns>` (fields only when known).
-pub fn encode_alert(out: &mut String, measurement: &str, a: &crate::automation::model::Alert, ts_ns: i64) {
+pub fn encode_alert(out: &mut String, measurement: &str, a: &crate::model::Alert, ts_ns: i64) {
     escape(out, measurement, Kind::Measurement);
     out.push_str(",rule=");
     escape(out, &a.rule, Kind::Tag);

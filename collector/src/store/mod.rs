@@ -67,7 +67,7 @@ impl Store {
 
     /// Records alert state changes (fired, resolved) next to the data, for Grafana and history.
     /// The embedded store keeps none: the automation's own state has them.
-    pub async fn write_alerts(&self, alerts: &[crate::automation::model::Alert], ts_ns: i64) -> Result<(), StoreError> {
+    pub async fn write_alerts(&self, alerts: &[crate::model::Alert], ts_ns: i64) -> Result<(), StoreError> {
         match self {
             Store::Influx(s) => s.write_alerts(alerts, ts_ns).await,
             Store::Local(_) => Ok(()),

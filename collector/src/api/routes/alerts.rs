@@ -10,9 +10,9 @@ use crate::{
     },
     automation::{
         alerts::{AlertError, AlertView, Matcher, Silence, SilenceView},
-        model::AlertState,
         now_ns,
     },
+    model::AlertState,
 };
 
 impl From<AlertError> for ApiError {

@@ -10,7 +10,7 @@ use crate::{
         ApiError, ApiState, Caller,
         extract::{P, Q},
     },
-    automation::model::AlertState,
+    model::AlertState,
     fleet::{AgentView, now_ns},
     live::{EventRecord, downsample},
     store::Store,
