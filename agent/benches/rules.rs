@@ -25,12 +25,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edgeloop_agent::{
-    config::AgentConfig,
-    rules::{
-        config::{Context, RuleFile},
-        engine::{Engine, Outcome},
-    },
+use edgeloop_agent::config::AgentConfig;
+use edgeloop_rules::{
+    config::{Context, RuleFile},
+    engine::{Engine, Outcome},
 };
 use edgeloop_shared::frame::{self, FrameDecoder, GatewayMessage, MAX_WIRE_FRAME, NodeMessage};
 use tokio_util::sync::CancellationToken;

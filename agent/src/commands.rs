@@ -25,7 +25,12 @@ use std::{
     sync::{Arc, Mutex, atomic::Ordering::Relaxed},
 };
 
+use edgeloop_rules::{
+    config::{Context, RuleFile},
+    engine::ResetOutcome,
+};
 use edgeloop_shared::{
+    clock,
     command::VerifyingKey,
     model::{Command, CommandAction, CommandResult, Event, EventKind, Severity, SignedCommand, from_wire, to_wire},
 };
@@ -34,12 +39,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    rules::{
-        RuleFilePath,
-        config::{Context, RuleFile},
-        engine::ResetOutcome,
-        stage::RulesHandle,
-    },
+    rules::{RuleFilePath, stage::RulesHandle},
     stats::AgentStats,
 };
 
@@ -188,7 +188,7 @@ impl Commands {
             agent: self.settings.agent.clone(),
             ok,
             outcome,
-            ts_ns: crate::sources::now_ns(),
+            ts_ns: clock::now_ns(),
             rules_version: Some(self.stats.rules_version.load(Relaxed)),
         })
     }
@@ -228,7 +228,7 @@ impl Commands {
     async fn execute(&mut self, command: Command) -> (bool, String) {
         let Command { id, issuer, action, .. } = command;
         let event = |severity, message: String| Event {
-            ts_ns: crate::sources::now_ns(),
+            ts_ns: clock::now_ns(),
             kind: EventKind::Command { id },
             severity,
             subject: action.name().into(),
@@ -338,7 +338,7 @@ pub async fn run(
             p = inbox.recv() => match p { Some(p) => p, None => return },
             _ = shutdown.cancelled() => return,
         };
-        let Some(result) = commands.handle(&payload, crate::sources::now_ns()).await else {
+        let Some(result) = commands.handle(&payload, clock::now_ns()).await else {
             continue;
         };
         match to_wire(&result) {
@@ -365,11 +365,13 @@ mod tests {
     use edgeloop_shared::{command::SigningKey, frame::GatewayMessage, model::Reading};
 
     use super::*;
+    use edgeloop_rules::engine::Engine;
+    use edgeloop_shared::clock::now_ns;
+
     use crate::{
         actions::Actions,
-        buffer::Record,
-        rules::{engine::Engine, stage},
-        sources::now_ns,
+        pipeline::{LatchChange, Record},
+        rules::stage,
     };
 
     const RULES: &str = r#"
@@ -399,7 +401,7 @@ source = "node-1"
         stats: Arc<AgentStats>,
         dir: tempfile::TempDir,
         next_id: u64,
-        _latches: mpsc::UnboundedReceiver<stage::LatchChange>,
+        _latches: mpsc::UnboundedReceiver<LatchChange>,
     }
 
     fn context() -> Context {

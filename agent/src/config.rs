@@ -9,7 +9,11 @@ use std::{
     time::Duration,
 };
 
-use edgeloop_shared::units::{ByteSize, HumanDuration};
+use edgeloop_rules::{config::Context as RulesContext, record::Recorder};
+use edgeloop_shared::{
+    secret::Secret,
+    units::{ByteSize, HumanDuration},
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,7 +84,7 @@ pub struct UplinkConfig {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub keep_alive: HumanDuration,
     /// A batch is sealed when it holds this many readings (or when the flush interval ends).
     pub batch_max_readings: usize,
@@ -251,7 +255,7 @@ pub struct MqttSourceConfig {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Larger payloads are rejected (counted, logged) before anything is buffered.
     #[serde(default = "default_max_payload")]
     pub max_payload: ByteSize,
@@ -368,6 +372,20 @@ impl AgentConfig {
         edgeloop_shared::config::parse(text, path, Self::problems)
     }
 
+    /// What a rule file may refer to in this config: its serial and MQTT sources, and the
+    /// actions `commands.shutdown_actions` fires.
+    pub fn rules_context(&self) -> RulesContext {
+        let ids = |f: fn(&SourceConfig) -> bool| {
+            self.sources.iter().filter(|(_, s)| f(s)).map(|(id, _)| id.clone()).collect()
+        };
+        RulesContext {
+            known: true,
+            serial_sources: ids(|s| matches!(s, SourceConfig::Serial(_))),
+            mqtt_sources: ids(|s| matches!(s, SourceConfig::Mqtt(_))),
+            shutdown_actions: self.commands.shutdown_actions.clone(),
+        }
+    }
+
     /// Every problem the file has, not just the first.
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
@@ -383,10 +401,10 @@ impl AgentConfig {
                 problem(&format!("agent.tags.{k}"), "this tag name is reserved by edgeloop; choose another".into());
             }
         }
-        if self.agent.record_max.0 < crate::rules::record::Recorder::MIN_BYTES {
+        if self.agent.record_max.0 < Recorder::MIN_BYTES {
             problem(
                 "agent.record_max",
-                format!("must be at least {} bytes", crate::rules::record::Recorder::MIN_BYTES),
+                format!("must be at least {} bytes", Recorder::MIN_BYTES),
             );
         }
         if self.agent.data_dir.as_os_str().is_empty() {
@@ -514,7 +532,7 @@ impl AgentConfig {
                     }
                     for (name, t) in &c.topics {
                         let tkey = |k: &str| format!("sources.{id}.topics.{name}.{k}");
-                        if let Err(e) = crate::sources::mqtt::TopicPattern::parse(&t.filter, &t.sensor) {
+                        if let Err(e) = crate::topic_pattern::TopicPattern::parse(&t.filter, &t.sensor) {
                             problem(&tkey("filter"), e);
                         }
                         match t.format {
@@ -547,6 +565,12 @@ impl AgentConfig {
 
 #[cfg(test)]
 mod tests {
+    use edgeloop_rules::{
+        config::RuleFile,
+        record::read_recording,
+        replay::{Expectations, replay, table},
+    };
+
     use super::*;
 
     const GOOD: &str = r#"
@@ -628,5 +652,31 @@ period = "10ms"
     fn the_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.example.toml");
         AgentConfig::load(&path).unwrap();
+    }
+
+    // The rule-file examples are checked here, where they can be read against the example
+    // agent config (the rules crate knows no agent config).
+    #[test]
+    fn the_example_rule_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/rules.example.toml");
+        let config = crate::config::AgentConfig::load(&path.with_file_name("agent.example.toml")).unwrap();
+        let ctx = config.rules_context();
+        RuleFile::load(&path, &ctx).unwrap();
+    }
+
+    /// The examples in `config/` replay and meet their expectations, so they can never rot.
+    #[test]
+    fn the_example_recording_meets_the_example_expectations() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let config = crate::config::AgentConfig::load(&dir.join("agent.example.toml")).unwrap();
+        let file = RuleFile::load(&dir.join("rules.example.toml"), &config.rules_context()).unwrap();
+        let records = read_recording(&dir.join("recording.example.jsonl")).unwrap();
+        let first = records[0].ts_ns();
+        let expectations = Expectations::load(&dir.join("rules.example.expect.toml"), &file).unwrap();
+        let transitions = replay(&file, records.into_iter());
+        let report = expectations.check(&transitions, first);
+        assert!(report.passed(), "{}\n{:#?}", table(&transitions), report.mismatches);
+        assert_eq!(report.met, expectations.len());
+        assert_eq!(report.unchecked, 0, "the example expectations cover every transition");
     }
 }

@@ -1,22 +1,29 @@
-//! The edgeloop gateway agent: reads sensors, keeps every reading in a durable buffer, and
-//! forwards batches to the collector, removing them only on the collector's end-to-end ack.
+//! The edgeloop gateway agent: reads sensors, checks local safety rules on the fast path, keeps
+//! every reading in a durable buffer, and forwards batches to the collector, removing them only
+//! on the collector's end-to-end ack.
 //!
 //! ```text
-//! sources ──mpsc<Observation>──► normalise ──mpsc<Record>──► buffer intake ──(redb: sealed batches)──► forwarder ──MQTT──► collector
-//!   (serial, MQTT, simulated)     (time, health)                          └──(watch: newest seq)──────┘   ◄── ack ──┘
+//! sources ──mpsc<Observation>──► normalise ──mpsc<Record>──► rules stage ──mpsc<Record>──► buffer intake ──(redb: sealed batches)──► forwarder ──MQTT──► collector
+//!   (serial, MQTT, simulated)     (time, health)              (engine, actions)  │                  └──(watch: newest seq)──────┘   ◄── ack ──┘
+//!                                                                  │      └──► recorder (JSON Lines, optional)
+//!                                                                  ├──► actions (serial trip, MQTT publish, program)
+//!                                                                  └──LatchChange──► buffer latches (same redb file)
 //! ```
 //!
 //! # Layout
-//! - [`config`]: the TOML config, strict parsing and validation.
-//! - [`rules`]: local safety rules on the fast path (file format, engine, pipeline stage).
+//! - [`pipeline`]: the types that flow between the stages (`Observation`, `Record`, `LatchChange`).
+//! - [`sources`]: where readings come from (one file per kind of source), and sensor health.
+//! - [`normalise`]: the stage that stamps time, distrusts far-off device clocks and tracks health.
+//! - [`rules`]: the rules stage on the fast path and the rule file's hot reload (the rule format,
+//!   engine, features and recordings are the `edgeloop_rules` crate).
 //! - [`actions`]: what a firing rule does (serial trip command, MQTT publish, program).
+//! - [`buffer`]: the durable buffer (redb, two priority lanes, byte limit), the group-commit
+//!   intake task, and the rules' latches in the same database.
+//! - [`forwarder`]: the uplink's in-flight windows and its MQTT transport (TLS optional).
 //! - [`commands`]: signed commands from the collector (shutdown, latch reset, new rules):
 //!   verified, checked against replays, executed, answered and audited.
-//! - [`sources`]: where readings come from (one file per kind of source).
-//! - [`features`]: window features for rules (vibration RMS, kurtosis, velocity, bands, ISO zones).
-//! - [`buffer`]: the durable buffer (redb, two priority lanes, byte limit) and the group-commit
-//!   intake task.
-//! - [`forwarder`]: the uplink's in-flight windows and its MQTT transport (TLS optional).
+//! - [`config`]: the TOML config, strict parsing and validation.
+//! - [`topic_pattern`]: MQTT topic filters with named wildcards (used by config and the MQTT source).
 //! - [`stats`]: the agent's counters.
 //! - [`metrics`]: `/metrics` (Prometheus) and `/status` (JSON) over a tiny HTTP server.
 
@@ -24,12 +31,14 @@ pub mod actions;
 pub mod buffer;
 pub mod commands;
 pub mod config;
-pub mod features;
 pub mod forwarder;
 pub mod metrics;
+pub mod normalise;
+pub mod pipeline;
 pub mod rules;
 pub mod sources;
 pub mod stats;
+pub mod topic_pattern;
 
 use std::{
     collections::BTreeMap,
@@ -38,6 +47,11 @@ use std::{
     time::Instant,
 };
 
+use edgeloop_rules::{
+    config::{RuleFile, RuleFileError},
+    engine::{Engine, ResetOutcome},
+    record::{RecordError, Recorder},
+};
 use tokio::sync::{mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -45,12 +59,9 @@ use crate::{
     buffer::{Buffer, BufferError, IntakeSettings},
     config::{AgentConfig, SourceConfig},
     forwarder::UplinkSettings,
-    sources::{
-        SourceContext,
-        health::SensorHealth,
-        normalise::{Normaliser, SourcePolicy},
-        serial::SerialHandle,
-    },
+    normalise::{Normaliser, SourcePolicy},
+    pipeline::Record,
+    sources::{SourceContext, health::SensorHealth, serial::SerialHandle},
     stats::{AgentStats, SourceCounters},
 };
 
@@ -65,9 +76,9 @@ pub enum StartError {
     #[error("source {source_id}: {error}")]
     Broker { source_id: String, error: edgeloop_shared::broker::BrokerError },
     #[error(transparent)]
-    Rules(#[from] rules::config::RuleFileError),
+    Rules(#[from] RuleFileError),
     #[error(transparent)]
-    Record(#[from] rules::record::RecordError),
+    Record(#[from] RecordError),
     #[error("cannot start the recorder thread: {0}")]
     Recorder(String),
     #[error("uplink TLS: {0}")]
@@ -129,7 +140,7 @@ impl Agent {
     }
 
     /// Releases a latched rule; refused while its condition or its sensors are still bad.
-    pub async fn reset(&self, rule: &str) -> rules::engine::ResetOutcome {
+    pub async fn reset(&self, rule: &str) -> ResetOutcome {
         self.rules.reset(rule).await
     }
 
@@ -195,8 +206,8 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
     let (normalised_tx, normalised_rx) = mpsc::channel(STAGE_QUEUE);
     let (records_tx, records_rx) = mpsc::channel(STAGE_QUEUE);
     let rule_file = match &config.agent.rules {
-        Some(path) => rules::config::RuleFile::load(path, &rules::config::Context::of(config))?,
-        None => rules::config::RuleFile::default(),
+        Some(path) => RuleFile::load(path, &config.rules_context())?,
+        None => RuleFile::default(),
     };
     let (committed_tx, committed_rx) = watch::channel(0);
 
@@ -253,24 +264,24 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         normaliser.expect(sensor, *index, now);
     }
     let health = Arc::new(Mutex::new(Vec::new()));
-    tasks.spawn(sources::normalise::run(normaliser, obs_rx, normalised_tx, health.clone()));
+    tasks.spawn(normalise::run(normaliser, obs_rx, normalised_tx, health.clone()));
 
     let restored = buffer.latches()?;
-    let latches = rules::stage::latch_writer(buffer.clone());
+    let latches = buffer::latches::writer(buffer.clone());
     let rule_file = Arc::new(rule_file);
-    let engine = rules::engine::Engine::new(&rule_file);
+    let engine = Engine::new(&rule_file);
     let make_actions = {
         let (serial, agent, stats, shutdown) =
             (serial.clone(), config.agent.id.clone(), stats.clone(), shutdown.clone());
-        Box::new(move |file: &rules::config::RuleFile| {
+        Box::new(move |file: &RuleFile| {
             actions::Actions::new(file, &serial, &mqtt_targets, &agent, stats.clone(), &shutdown)
         })
     };
     let actions = make_actions(&rule_file);
     let recording = match &config.agent.record {
         Some(path) => {
-            let mut recorder = rules::record::Recorder::create(path, config.agent.record_max.0)?;
-            let (tx, mut rx) = mpsc::channel::<buffer::Record>(STAGE_QUEUE * 4);
+            let mut recorder = Recorder::create(path, config.agent.record_max.0)?;
+            let (tx, mut rx) = mpsc::channel::<Record>(STAGE_QUEUE * 4);
             // Its own thread: a slow disk delays the recording, never a rule.
             std::thread::Builder::new()
                 .name("edgeloop-recorder".into())
@@ -306,7 +317,7 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
     if let Some(path) = &rule_file_path {
         tasks.spawn(rules::watch(
             path.clone(),
-            rules::config::Context::of(config),
+            config.rules_context(),
             config.agent.rules_check_interval.0,
             rules_handle.clone(),
             stats.clone(),
@@ -332,10 +343,10 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         shutdown_actions: config.commands.shutdown_actions.clone(),
         audit_log: config.audit_log(),
         rule_file: rule_file_path,
-        rules_context: rules::config::Context::of(config),
+        rules_context: config.rules_context(),
     };
     let command_task =
-        commands::Commands::open(command_settings, rules_handle.clone(), stats.clone(), sources::now_ns())?;
+        commands::Commands::open(command_settings, rules_handle.clone(), stats.clone(), edgeloop_shared::clock::now_ns())?;
     let (command_tx, command_rx) = mpsc::channel(commands::INBOX);
     let (result_tx, result_rx) = mpsc::channel(commands::INBOX);
     tasks.spawn(commands::run(command_task, command_rx, result_tx, shutdown.clone()));

@@ -79,10 +79,10 @@ fn main() -> ExitCode {
 
 /// `rules test`: prints the replay's transitions; `Ok(false)` when expectations are not met.
 fn rules_test(file: &Path, recording: &Path, expect: Option<&Path>, config: Option<&Path>) -> anyhow::Result<bool> {
-    use edgeloop_agent::rules::{config::RuleFile, record, replay};
+    use edgeloop_rules::{config::RuleFile, record, replay};
 
     let ctx = match config {
-        Some(c) => edgeloop_agent::rules::config::Context::of(&AgentConfig::load(c)?),
+        Some(c) => AgentConfig::load(c)?.rules_context(),
         None => Default::default(),
     };
     let rules = RuleFile::load(file, &ctx)?;
@@ -135,10 +135,10 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rules { command: RulesCommand::Check { file, config } } => {
             let ctx = match config {
-                Some(c) => edgeloop_agent::rules::config::Context::of(&AgentConfig::load(&c)?),
+                Some(c) => AgentConfig::load(&c)?.rules_context(),
                 None => Default::default(),
             };
-            let rules = edgeloop_agent::rules::config::RuleFile::load(&file, &ctx)?;
+            let rules = edgeloop_rules::config::RuleFile::load(&file, &ctx)?;
             println!("{}: ok, {} rule(s), {} action(s)", file.display(), rules.rules.len(), rules.actions.len());
             Ok(ExitCode::SUCCESS)
         }

@@ -135,7 +135,7 @@ impl Probe {
         let status = self.status(latched);
         edgeloop_shared::model::AgentReport {
             version: status.version.into(),
-            sent_ns: crate::sources::now_ns(),
+            sent_ns: edgeloop_shared::clock::now_ns(),
             interval_ms: crate::forwarder::mqtt::REPORT_EVERY.as_millis() as u32,
             stale_sensors: status.sensors.iter().filter(|s| s.stale).map(|s| s.sensor.clone()).collect(),
             sensors: status.sensors.into_iter().map(|s| s.sensor).collect(),
@@ -170,7 +170,7 @@ impl Probe {
         metric("buffer_disk_bytes", "gauge", "Size of the buffer file", status.buffer_disk_bytes as f64);
         metric("buffer_max_bytes", "gauge", "The buffer's byte limit", status.buffer_max_bytes as f64);
         let lag = status.oldest_unsent_ns.map_or(0.0, |ts| {
-            let now = crate::sources::now_ns();
+            let now = edgeloop_shared::clock::now_ns();
             Duration::from_nanos(now.saturating_sub(ts).max(0) as u64).as_secs_f64()
         });
         metric("oldest_unsent_age_seconds", "gauge", "Age of the oldest reading not yet acknowledged", lag);

@@ -119,7 +119,7 @@ async fn get_metrics(addr: SocketAddr) -> String {
 }
 
 fn command(id: u64, action: CommandAction) -> Command {
-    let now = edgeloop_agent::sources::now_ns();
+    let now = edgeloop_shared::clock::now_ns();
     Command {
         id,
         agent: AGENT.into(),

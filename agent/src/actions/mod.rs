@@ -8,16 +8,13 @@
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use edgeloop_shared::frame::GatewayMessage;
+use edgeloop_rules::config::{ActionConfig, RuleFile};
+use edgeloop_shared::{frame::GatewayMessage, secret::Secret};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    rules::config::{ActionConfig, RuleFile},
-    sources::serial::SerialHandle,
-    stats::AgentStats,
-};
+use crate::{sources::serial::SerialHandle, stats::AgentStats};
 
 enum Action {
     Serial { port: SerialHandle },
@@ -39,7 +36,7 @@ pub struct MqttTarget {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
 }
 
 /// The agent's actions, by id.
@@ -162,7 +159,7 @@ fn actuator_client(client_id: &str, t: &MqttTarget, shutdown: &CancellationToken
     let mut opts = MqttOptions::new(client_id, t.host.clone(), t.port);
     opts.set_keep_alive(Duration::from_secs(15));
     if let (Some(u), Some(p)) = (&t.username, &t.password) {
-        opts.set_credentials(u, p);
+        opts.set_credentials(u, p.expose());
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
     let mut net = rumqttc::NetworkOptions::new();

@@ -5,8 +5,10 @@
 //! buffer only when the collector acknowledges that the batch is stored in the database.
 //!
 //! - [`redb`]: the store itself (redb), batches keyed by their sequence number, in two lanes.
+//! - [`latches`]: the rules' latched trips, in the same database, and the task that writes them.
 //! - [`run_intake`]: the task that groups readings, seals batches and commits them.
 
+pub mod latches;
 pub mod redb;
 
 pub use self::redb::{Appended, Buffer, BufferError, BufferSettings, Lane, Recovery, StoredBatch, Totals, WhenFull};
@@ -19,9 +21,7 @@ use std::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::AgentStats;
-
-pub use edgeloop_shared::model::Record;
+use crate::{pipeline::Record, stats::AgentStats};
 
 /// How the intake groups readings.
 #[derive(Debug, Clone)]

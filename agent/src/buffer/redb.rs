@@ -5,7 +5,7 @@
 //! running [`Totals`] (next sequence number, readings accepted, dropped, quarantined, held), always
 //! written in the same transaction as the batches they count, so they survive a crash exactly as
 //! the batches do. `quarantine` keeps entries that failed their checksum; `latches` the rules'
-//! latched trips.
+//! latched trips (written by [`super::latches`]).
 //!
 //! A stored value is `crc32c u32 | readings u32 | oldest ts i64 | batch wire bytes` (LE); the
 //! CRC covers everything after itself. redb checksums its pages but not what it hands back
@@ -21,7 +21,6 @@ use std::{
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use ::redb::{
@@ -30,6 +29,7 @@ use ::redb::{
 };
 use edgeloop_shared::{
     batch::Batch,
+    clock::now_ns,
     model::{Event, EventKind, Reading, Severity},
 };
 use serde::Deserialize;
@@ -38,7 +38,6 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const TELEMETRY: TableDefinition<u64, &[u8]> = TableDefinition::new("telemetry");
 const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new("quarantine");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const LATCHES: TableDefinition<&str, i64> = TableDefinition::new("latches");
 
 /// The buffer's file inside the data directory.
 pub const FILE: &str = "buffer.redb";
@@ -59,7 +58,7 @@ pub enum BufferError {
     Task { doing: &'static str },
 }
 
-fn io<E: std::fmt::Display>(doing: &'static str) -> impl FnOnce(E) -> BufferError {
+pub(super) fn io<E: std::fmt::Display>(doing: &'static str) -> impl FnOnce(E) -> BufferError {
     move |e| BufferError::Io { doing, reason: e.to_string() }
 }
 
@@ -232,22 +231,18 @@ pub enum Recovery {
     },
 }
 
-struct Inner {
-    db: Database,
+pub(super) struct Inner {
+    pub(super) db: Database,
     path: PathBuf,
     settings: BufferSettings,
     /// The committed totals; held across each write transaction, so writers never interleave.
-    totals: Mutex<Totals>,
+    pub(super) totals: Mutex<Totals>,
 }
 
 /// Cheap to clone: every clone is the same open database.
 #[derive(Clone)]
 pub struct Buffer {
-    inner: Arc<Inner>,
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    pub(super) inner: Arc<Inner>,
 }
 
 fn seal(readings: u32, oldest_ts: i64, payload: &[u8]) -> Vec<u8> {
@@ -460,7 +455,7 @@ impl Buffer {
         Ok(out)
     }
 
-    fn begin(&self, durability: Durability, doing: &'static str) -> Result<WriteTransaction, BufferError> {
+    pub(super) fn begin(&self, durability: Durability, doing: &'static str) -> Result<WriteTransaction, BufferError> {
         let mut tx = self.inner.db.begin_write().map_err(io(doing))?;
         tx.set_durability(durability).map_err(io(doing))?;
         Ok(tx)
@@ -655,36 +650,6 @@ impl Buffer {
             .min()
     }
 
-    /// Rules latched before a restart.
-    pub fn latches(&self) -> Result<Vec<String>, BufferError> {
-        let tx = self.inner.db.begin_read().map_err(io("reading latches"))?;
-        let table = match tx.open_table(LATCHES) {
-            Ok(t) => t,
-            Err(::redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(io("reading latches")(e)),
-        };
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(io("reading latches"))? {
-            out.push(entry.map_err(io("reading latches"))?.0.value().to_owned());
-        }
-        Ok(out)
-    }
-
-    /// Persists (`Some(since_ns)`) or clears a rule's latch, durably.
-    pub fn set_latch(&self, rule: &str, since_ns: Option<i64>) -> Result<(), BufferError> {
-        let _guard = self.inner.totals.lock().map_err(|_| BufferError::Task { doing: "latching" })?;
-        let tx = self.begin(Durability::Immediate, "persisting a latch")?;
-        {
-            let mut table = tx.open_table(LATCHES).map_err(io("persisting a latch"))?;
-            match since_ns {
-                Some(ts) => table.insert(rule, ts).map(|_| ()),
-                None => table.remove(rule).map(|_| ()),
-            }
-            .map_err(io("persisting a latch"))?;
-        }
-        tx.commit().map_err(io("persisting a latch"))
-    }
-
     /// Makes every commit so far durable (acks included), e.g. at shutdown.
     pub async fn flush(&self) -> Result<(), BufferError> {
         let this = self.clone();
@@ -777,7 +742,7 @@ fn salvage(
             }
         }
     }
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = now_ns().max(0) / 1_000_000_000;
     let moved_to = dir.join(format!("{FILE}.damaged-{secs}"));
     std::fs::rename(path, &moved_to).map_err(|e| open_err(format!("cannot move the damaged file aside: {e}")))?;
     let db = match open_db(path, settings) {

@@ -15,6 +15,7 @@ use std::{
 };
 
 use edgeloop_shared::{
+    secret::Secret,
     backoff::Backoff,
     model::{Ack, AckStatus, AgentReport, Presence, from_wire, to_wire},
     topic::{Channel, topic},
@@ -37,7 +38,7 @@ pub struct UplinkSettings {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub keep_alive: Duration,
     pub in_flight: usize,
     pub ack_timeout: Duration,
@@ -121,7 +122,7 @@ pub async fn run(
         .set_clean_session(true)
         .set_max_packet_size(1 << 20, 64 << 20);
     if let (Some(user), Some(pass)) = (&settings.username, &settings.password) {
-        opts.set_credentials(user, pass);
+        opts.set_credentials(user, pass.expose());
     }
     if let Ok(offline) = to_wire(&Presence::Offline) {
         opts.set_last_will(LastWill::new(&status_topic, offline, QoS::AtLeastOnce, true));

@@ -1,27 +1,21 @@
-//! Local safety rules: evaluated on the fast path, before a reading is written anywhere.
+//! The rules stage of the agent: local safety rules evaluated on the fast path, before a reading
+//! is written anywhere. The rule-file format, the engine, features, recordings and replay live in
+//! the `edgeloop_rules` crate (the collector shares them); this folder runs them.
 //!
-//! - [`config`]: the rule file (rules and actions keyed by id), strict parsing and validation.
-//! - [`engine`]: the pure rule state machines (hysteresis, delays, k-of-n, rate, voting, latch).
 //! - [`stage`]: the pipeline stage between `normalise` and the buffer; it fires actions inline
 //!   and persists latches.
-//! - [`record`]: recordings of the rules' input (JSON Lines) and the bounded recorder that writes them.
-//! - [`replay`]: runs a recording through the rules on simulated time and checks expected trips
-//!   (`edgeloop-agent rules test`).
 //! - [`watch`]: hot reload of the rule file (on change or SIGHUP), atomic and versioned.
 
-pub mod config;
-pub mod engine;
-pub mod record;
-pub mod replay;
 pub mod stage;
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, atomic::Ordering::Relaxed},
     time::{Duration, SystemTime},
 };
 
+use edgeloop_rules::config::{Context, RuleFile};
+use edgeloop_shared::atomic_file;
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::AgentStats;
@@ -58,31 +52,15 @@ impl RuleFilePath {
         }
     }
 
-    /// Replaces the file's content atomically: a temporary file beside it, fsynced, renamed over
-    /// it, and the directory fsynced. Blocking I/O: call it from a blocking thread.
+    /// Replaces the file's content atomically (see [`atomic_file::write`]). Blocking I/O: call it
+    /// from a blocking thread.
     ///
     /// # Errors
     /// When the directory is not writable or the disk is full; the old file is then untouched.
     pub fn replace(&self, text: &str) -> std::io::Result<()> {
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = dir.join(format!(".{name}.edgeloop-tmp"));
         // Held across the write so the watcher never sees the new file before it is marked seen.
         let mut seen = self.seen.lock().map_err(|_| std::io::Error::other("rule file lock poisoned"))?;
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            std::fs::File::open(&dir)?.sync_all()
-        };
-        let result = write();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let result = atomic_file::write(&self.path, text.as_bytes(), atomic_file::Access::Default);
         *seen = fingerprint(&self.path);
         result
     }
@@ -98,7 +76,7 @@ fn fingerprint(p: &Path) -> Option<Fingerprint> {
 /// old rules keep running.
 pub async fn watch(
     file: Arc<RuleFilePath>,
-    ctx: config::Context,
+    ctx: Context,
     interval: Duration,
     handle: stage::RulesHandle,
     stats: Arc<AgentStats>,
@@ -117,7 +95,7 @@ pub async fn watch(
         if !file.changed() && !forced {
             continue;
         }
-        match config::RuleFile::load(&path, &ctx) {
+        match RuleFile::load(&path, &ctx) {
             Err(e) => {
                 stats.rules_reload_failures.fetch_add(1, Relaxed);
                 tracing::error!(file = %path.display(), error = %e, "rule file refused; the previous rules keep running");

@@ -11,41 +11,21 @@ use std::{
     time::Instant,
 };
 
-use edgeloop_shared::model::{Event, EventKind};
-use tokio::sync::{mpsc, oneshot};
-
-use super::{
+use edgeloop_rules::{
     config::RuleFile,
     engine::{Engine, Outcome, ResetOutcome},
 };
+use edgeloop_shared::{
+    clock::now_ns,
+    model::{Event, EventKind},
+};
+use tokio::sync::{mpsc, oneshot};
+
 use crate::{
     actions::Actions,
-    buffer::{Buffer, Record},
-    sources::now_ns,
+    pipeline::{LatchChange, Record},
     stats::AgentStats,
 };
-
-/// A latch to persist (`Some(since_ns)`) or clear.
-pub type LatchChange = (String, Option<i64>);
-
-/// Starts the task that persists latch changes in order; returns its queue. Unbounded on
-/// purpose: a change is a rule latching or being reset, a handful per incident, and the stage
-/// must never wait to hand one over.
-pub fn latch_writer(buffer: Buffer) -> mpsc::UnboundedSender<LatchChange> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<LatchChange>();
-    tokio::spawn(async move {
-        while let Some((rule, since)) = rx.recv().await {
-            let b = buffer.clone();
-            let name = rule.clone();
-            match tokio::task::spawn_blocking(move || b.set_latch(&name, since)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(rule, error = %e, "cannot persist the latch"),
-                Err(_) => tracing::error!(rule, "the latch writer stopped"),
-            }
-        }
-    });
-    tx
-}
 
 /// Requests to the rules stage from the rest of the agent.
 pub enum Control {

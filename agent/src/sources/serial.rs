@@ -13,6 +13,7 @@ use std::{
 
 use edgeloop_shared::{
     backoff::Backoff,
+    clock::now_ns,
     frame::{self, FrameDecoder, FrameError, GatewayMessage, MAX_WIRE_FRAME, NodeMessage},
 };
 use tokio::{
@@ -21,8 +22,8 @@ use tokio::{
 };
 use tokio_serial::SerialPortBuilderExt;
 
-use super::{ObservationKind, SourceContext, now_ns};
-use crate::config::SerialConfig;
+use super::SourceContext;
+use crate::{config::SerialConfig, pipeline::ObservationKind};
 
 /// Commands queued for a port while it is down; a full queue refuses new ones.
 const COMMAND_QUEUE: usize = 64;

@@ -3,10 +3,10 @@
 
 use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
-use edgeloop_shared::model::Reading;
+use edgeloop_shared::{clock::now_ns, model::Reading};
 
-use super::{ObservationKind, SourceContext, now_ns};
-use crate::config::SimulatedConfig;
+use super::SourceContext;
+use crate::{config::SimulatedConfig, pipeline::ObservationKind};
 
 /// The signal model, separate from the task so it can be tested without time.
 pub struct Machine {

@@ -12,15 +12,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edgeloop_shared::model::{Event, EventKind, Reading, Severity};
+use edgeloop_shared::{
+    clock::now_ns,
+    model::{Event, EventKind, Reading, Severity},
+};
 use tokio::sync::mpsc;
 
-use super::{
-    Observation, ObservationKind,
-    health::{HealthTracker, Seen, SensorHealth},
-    now_ns,
+use crate::{
+    pipeline::{Observation, ObservationKind, Record},
+    sources::health::{HealthTracker, Seen, SensorHealth},
 };
-use crate::buffer::Record;
 
 /// Staleness and clock policy of one source.
 #[derive(Debug, Clone, Copy)]

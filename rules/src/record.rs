@@ -18,10 +18,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use edgeloop_shared::model::EventKind;
+use edgeloop_shared::model::{EventKind, Record};
 use serde::{Deserialize, Serialize, Serializer};
-
-use crate::buffer::Record;
 
 /// One line of a recording.
 #[derive(Debug, Clone, PartialEq)]

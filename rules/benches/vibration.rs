@@ -6,7 +6,7 @@
 //! prepared windows (shaft tone, bearing impacts, noise) for about a second; windows/s is the
 //! median of 5 runs; channels = windows/s × 4096 / 25600.
 //!
-//! Run: `cargo bench -p edgeloop-agent --bench vibration` (add `taskset -c 0` to pin one core).
+//! Run: `cargo bench -p edgeloop-rules --bench vibration` (add `taskset -c 0` to pin one core).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use edgeloop_agent::features::{BearingGeometry, VibrationAnalyzer, VibrationConfig};
+use edgeloop_rules::features::{BearingGeometry, VibrationAnalyzer, VibrationConfig};
 
 const RUNS: usize = 5;
 const RATE_HZ: f64 = 25_600.0;

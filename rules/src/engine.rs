@@ -24,7 +24,7 @@ use std::{
 
 use edgeloop_shared::model::{Event, EventKind, Severity};
 
-use super::config::{RuleConfig, RuleFile, RuleSeverity, StalePolicy, VibrationFeature};
+use crate::config::{RuleConfig, RuleFile, RuleSeverity, StalePolicy, VibrationFeature};
 use crate::features::VibrationAnalyzer;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -492,7 +492,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    use crate::rules::config::Context;
+    use crate::config::Context;
 
     fn engine(rules: &str) -> Engine {
         let text = format!("{rules}\n[actions.stop]\nkind = \"exec\"\nprogram = \"/bin/true\"\n");
