@@ -128,7 +128,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Rules { command: RulesCommand::Test { file, replay, agent, site } } => {
-            use edgeloop_agent::rules::record::{RecordedItem, read_recording};
+            use edgeloop_rules::record::{RecordedItem, read_recording};
             use edgeloop_collector::automation::{replay::replay as run_replay, rules::FleetRules};
             let rules = FleetRules::load(&file)?;
             let mut readings: Vec<edgeloop_shared::model::Reading> = read_recording(&replay)?

@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,rumqttd=off,edgeloop_agent::rules=error".into()),
+                .unwrap_or_else(|_| "warn,rumqttd=off,edgeloop_agent::rules=error,edgeloop_rules=error".into()),
         )
         .init();
     let Cli {

@@ -3,7 +3,8 @@
 
 use std::{path::Path, time::Duration};
 
-use edgeloop_agent::{Agent, config::AgentConfig, rules::engine::ResetOutcome};
+use edgeloop_agent::{Agent, config::AgentConfig};
+use edgeloop_rules::engine::ResetOutcome;
 use edgeloop_shared::frame::{self, FrameDecoder, GatewayMessage, NodeMessage};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
@@ -180,13 +181,13 @@ payload = '{"stop":true,"rule":"{rule}","value":{value}}'
     a.shutdown();
     a.wait().await;
     let items = harness::wait_for("the recording on disk", Duration::from_secs(10), || async {
-        let items = edgeloop_agent::rules::record::read_recording(&recording).ok()?;
+        let items = edgeloop_rules::record::read_recording(&recording).ok()?;
         (items.len() >= 2).then_some(items)
     })
     .await;
     let file =
-        edgeloop_agent::rules::config::RuleFile::load(&dir.path().join("rules.toml"), &Default::default()).unwrap();
-    let transitions = edgeloop_agent::rules::replay::replay(&file, items.into_iter());
+        edgeloop_rules::config::RuleFile::load(&dir.path().join("rules.toml"), &Default::default()).unwrap();
+    let transitions = edgeloop_rules::replay::replay(&file, items.into_iter());
     assert_eq!(transitions.len(), 1, "{transitions:?}");
     assert_eq!(transitions[0].rule, "pressure-high");
 }

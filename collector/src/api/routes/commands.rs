@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use axum::{Extension, Json, extract::State, http::StatusCode};
-use edgeloop_agent::rules::config::{Context, RuleFile};
+use edgeloop_rules::config::{Context, RuleFile};
 use edgeloop_shared::{config::ConfigError, model::CommandAction};
 use serde::{Deserialize, Serialize};
 
