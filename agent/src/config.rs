@@ -402,10 +402,7 @@ impl AgentConfig {
             }
         }
         if self.agent.record_max.0 < Recorder::MIN_BYTES {
-            problem(
-                "agent.record_max",
-                format!("must be at least {} bytes", Recorder::MIN_BYTES),
-            );
+            problem("agent.record_max", format!("must be at least {} bytes", Recorder::MIN_BYTES));
         }
         if self.agent.data_dir.as_os_str().is_empty() {
             problem("agent.data_dir", "must name a directory for the durable buffer".into());
@@ -652,6 +649,14 @@ period = "10ms"
     fn the_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/agent.example.toml");
         AgentConfig::load(&path).unwrap();
+    }
+
+    #[test]
+    fn credentials_never_show_in_debug_output() {
+        let text = format!("{GOOD}[uplink]\nusername = \"gw-1\"\npassword = \"hunter2\"\n");
+        let c = parse(&text).unwrap();
+        assert_eq!(c.uplink.password.as_ref().map(Secret::expose), Some("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     // The rule-file examples are checked here, where they can be read against the example

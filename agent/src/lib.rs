@@ -345,8 +345,12 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         rule_file: rule_file_path,
         rules_context: config.rules_context(),
     };
-    let command_task =
-        commands::Commands::open(command_settings, rules_handle.clone(), stats.clone(), edgeloop_shared::clock::now_ns())?;
+    let command_task = commands::Commands::open(
+        command_settings,
+        rules_handle.clone(),
+        stats.clone(),
+        edgeloop_shared::clock::now_ns(),
+    )?;
     let (command_tx, command_rx) = mpsc::channel(commands::INBOX);
     let (result_tx, result_rx) = mpsc::channel(commands::INBOX);
     tasks.spawn(commands::run(command_task, command_rx, result_tx, shutdown.clone()));

@@ -128,8 +128,8 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Rules { command: RulesCommand::Test { file, replay, agent, site } } => {
-            use edgeloop_rules::record::{RecordedItem, read_recording};
             use edgeloop_collector::automation::{replay::replay as run_replay, rules::FleetRules};
+            use edgeloop_rules::record::{RecordedItem, read_recording};
             let rules = FleetRules::load(&file)?;
             let mut readings: Vec<edgeloop_shared::model::Reading> = read_recording(&replay)?
                 .into_iter()

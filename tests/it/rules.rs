@@ -185,8 +185,7 @@ payload = '{"stop":true,"rule":"{rule}","value":{value}}'
         (items.len() >= 2).then_some(items)
     })
     .await;
-    let file =
-        edgeloop_rules::config::RuleFile::load(&dir.path().join("rules.toml"), &Default::default()).unwrap();
+    let file = edgeloop_rules::config::RuleFile::load(&dir.path().join("rules.toml"), &Default::default()).unwrap();
     let transitions = edgeloop_rules::replay::replay(&file, items.into_iter());
     assert_eq!(transitions.len(), 1, "{transitions:?}");
     assert_eq!(transitions[0].rule, "pressure-high");

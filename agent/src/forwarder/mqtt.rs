@@ -15,9 +15,9 @@ use std::{
 };
 
 use edgeloop_shared::{
-    secret::Secret,
     backoff::Backoff,
     model::{Ack, AckStatus, AgentReport, Presence, from_wire, to_wire},
+    secret::Secret,
     topic::{Channel, topic},
 };
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, NetworkOptions, Packet, QoS, Transport};
