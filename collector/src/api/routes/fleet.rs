@@ -10,9 +10,9 @@ use crate::{
         ApiError, ApiState, Caller,
         extract::{P, Q},
     },
-    model::AlertState,
     fleet::{AgentView, now_ns},
     live::{EventRecord, downsample},
+    model::AlertState,
     store::Store,
 };
 
