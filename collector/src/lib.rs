@@ -17,7 +17,6 @@
 //! - [`model`]: what store, automation, notify and api share: alerts, notification groups, predictions.
 //! - [`metrics`]: Prometheus `/metrics` and `/fleet` (JSON).
 //! - [`stats`]: the collector's counters and histograms.
-//! - [`state_file`]: crash-safe writes of the collector's state files.
 
 pub mod api;
 pub mod automation;
@@ -27,7 +26,7 @@ pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod model;
-pub mod state_file;
+pub mod mqtt;
 pub mod stats;
 pub mod store;
 
@@ -35,7 +34,10 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use edgeloop_shared::broker::{self, BrokerError, BrokerHandle};
+use edgeloop_shared::{
+    broker::{self, BrokerError, BrokerHandle},
+    secret::Secret,
+};
 
 use crate::{
     config::{BrokerConfig, CollectorConfig},
@@ -142,7 +144,7 @@ async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> R
             });
             let handle = broker::start(cfg, internal.clone()).await?;
             let (host, port) = (handle.connect_addr.ip().to_string(), handle.connect_addr.port());
-            let (u, p) = internal.map(|i| (i.user, i.password)).unzip();
+            let (u, p) = internal.map(|i| (i.user, Secret::from(i.password))).unzip();
             (Some(handle), host, port, u, p)
         }
         BrokerConfig::External(cfg) => (None, cfg.host.clone(), cfg.port, cfg.username.clone(), cfg.password.clone()),
@@ -181,15 +183,17 @@ async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> R
     let (consuming_tx, mut consuming) = tokio::sync::watch::channel(false);
     let fleet = Arc::new(fleet::Fleet::load(config.fleet.state_file.clone()));
     let live = Arc::new(live::Live::new(std::time::Duration::from_secs(15 * 60), 450));
-    let (client_tx, client_rx) = tokio::sync::watch::channel(None);
-    let mut tap = ingest::Tap { live: live.clone(), stored: None, results: None, client: client_tx };
+    // One connection: the ingest consumes on it, the automation publishes its commands on it.
+    let connection = mqtt::connect(&settings.connection());
+    let mut outputs = ingest::Outputs { live: live.clone(), stored: None, results: None };
     let automation = match &config.automation {
         Some(auto) => {
-            let a = automation::start(auto, config.notify.clone(), client_rx, shutdown.clone())?;
+            let a = automation::start(auto, config.notify.clone(), connection.0.clone(), shutdown.clone())?;
+            // Bounded: the ingest waits for a slow automation (see `ingest::Outputs`).
             let (stored_tx, stored) = tokio::sync::mpsc::channel(256);
             let (results_tx, results) = tokio::sync::mpsc::channel(256);
-            tap.stored = Some(stored_tx);
-            tap.results = Some(results_tx);
+            outputs.stored = Some(stored_tx);
+            outputs.results = Some(results_tx);
             let inputs = automation::Inputs { stored, results };
             tasks.spawn(automation::run(
                 a.clone(),
@@ -205,11 +209,12 @@ async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> R
     };
     tasks.spawn(ingest::run(
         settings,
+        connection,
         store.clone(),
         stats.clone(),
         fleet.clone(),
         consuming_tx,
-        Some(tap),
+        outputs,
         shutdown.clone(),
     ));
     let api_addr = match api {

@@ -29,8 +29,20 @@ pub enum StoreError {
 /// What a write left out: lines the database refused one by one, the rest of the batch stored.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Written {
-    /// Each refused line (as sent) with the database's reason.
-    pub rejected: Vec<(String, String)>,
+    pub rejected: Vec<Refused>,
+}
+
+/// One line the database refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The line as sent.
+    pub line: String,
+    /// The database's reason.
+    pub reason: String,
+    /// A reading's line (counted as a lost point), not an event's.
+    pub reading: bool,
+    /// The reading's sensor or the event's subject.
+    pub name: String,
 }
 
 pub enum Store {

@@ -3,15 +3,14 @@
 use axum::{Extension, Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 
+use edgeloop_shared::clock::now_ns;
+
 use crate::{
     api::{
         ApiError, ApiState, Caller,
         extract::{Body, P, Q},
     },
-    automation::{
-        alerts::{AlertError, AlertView, Matcher, Silence, SilenceView},
-        now_ns,
-    },
+    automation::alerts::{AlertError, AlertView, Matcher, Silence, SilenceView},
     model::AlertState,
 };
 

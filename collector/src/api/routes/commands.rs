@@ -24,7 +24,7 @@ use crate::{
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {
-            CommandError::NoKey | CommandError::NotConnected => ApiError::Unavailable(e.to_string()),
+            CommandError::NoKey => ApiError::Unavailable(e.to_string()),
             CommandError::BadAgent(_) => ApiError::BadRequest(e.to_string()),
             CommandError::UnknownApproval(_) => ApiError::NotFound(e.to_string()),
             CommandError::Send(_) => {
