@@ -49,9 +49,9 @@ mod tests {
 
     #[test]
     fn debug_never_shows_the_value() {
-        let s: Secret =
-            toml::from_str::<std::collections::BTreeMap<String, Secret>>("token = \"hunter2\"").unwrap()["token"]
-                .clone();
+        let s: Secret = toml::from_str::<std::collections::BTreeMap<String, Secret>>("token = \"hunter2\"").unwrap()
+            ["token"]
+            .clone();
         assert_eq!(s.expose(), "hunter2");
         assert!(!format!("{s:?}").contains("hunter2"));
     }
