@@ -298,19 +298,6 @@ impl Default for AlertPolicy {
     }
 }
 
-/// Detector tuning for this set's 10-minute sampling: `alpha = 0.1` (~100 min memory) follows the daily load
-/// cycle closely enough that it does not read as a drift; one day of learning covers a full cycle;
-/// `min_sigma = 0.01 mm/s` is a typical sensor resolution.
-pub fn detector_config() -> DetectorConfig {
-    DetectorConfig { alpha: 0.1, learn_samples: 144, min_sigma: 0.01, ..DetectorConfig::default() }
-}
-
-/// Trend tuning for this set: the [`TrendConfig`] defaults (1 h buckets, 48 h window, 24 buckets minimum, Auto,
-/// 0.9 confidence, 0.995 significance).
-pub fn trend_config() -> TrendConfig {
-    TrendConfig::default()
-}
-
 /// What happened on one machine.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct MachineOutcome {
@@ -466,6 +453,7 @@ fn evaluate_machine(
 
 #[cfg(test)]
 mod tests {
+    use super::super::monitor::{detector_config, trend_config};
     use super::*;
 
     #[test]
