@@ -6,7 +6,7 @@
 //! hash in constant time, so neither the comparison nor the position of a match leaks timing.
 //!
 //! Roles are ordered: `viewer` < `maintenance` < `engineer` < `operator` < `admin`; a route names
-//! the least role it needs (see [`super::table`]).
+//! the least role it needs (the route table, `table.rs`).
 
 use std::{
     fmt,

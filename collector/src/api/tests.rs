@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::{
     ApiState, Parts, Role,
     auth::{Tokens, add_to_file},
-    table::{Access, Method, routes},
+    route::{Access, Method},
+    table::routes,
 };
 use edgeloop_shared::clock::now_ns;
 

@@ -7,8 +7,10 @@ use edgeloop_shared::clock::now_ns;
 
 use crate::{
     api::{
-        ApiError, ApiState, Caller,
+        auth::Caller,
+        error::ApiError,
         extract::{Body, P, Q},
+        state::ApiState,
     },
     automation::alerts::{AlertError, AlertView, Matcher, Silence, SilenceView},
     model::AlertState,

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     api::{
-        ApiError, ApiState, Caller, Role,
-        error::ProblemView,
+        auth::{Caller, Role},
+        error::{ApiError, ProblemView},
         extract::{Body, P, Q},
-        table::{Required, forbidden},
+        route::{Required, forbidden},
+        state::ApiState,
     },
     automation::commands::{AuditRecord, AwaitingApproval, CommandError},
 };

@@ -9,8 +9,10 @@ use edgeloop_shared::clock::now_ns;
 
 use crate::{
     api::{
-        ApiError, ApiState, Caller,
+        auth::Caller,
+        error::ApiError,
         extract::{P, Q},
+        state::ApiState,
     },
     fleet::AgentView,
     live::{EventRecord, downsample},

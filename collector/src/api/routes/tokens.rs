@@ -4,9 +4,10 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    ApiError, ApiState, Role,
-    auth::TokenError,
+    auth::{Role, TokenError},
+    error::ApiError,
     extract::{Body, P},
+    state::ApiState,
 };
 
 impl From<TokenError> for ApiError {
