@@ -8,8 +8,8 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 use edgeloop_collector::{
     Collector,
     automation::{
-        alerts::{MatchOp, Matcher, Silence},
         commands::generate_key,
+        muting::{MatchOp, Matcher, Silence},
         synthetic::{SyntheticConfig, SyntheticSet},
     },
     config::CollectorConfig,

@@ -14,6 +14,8 @@
 //! - [`detect`]: per-series anomaly detection (robust z-score, CUSUM).
 //! - [`predict`]: trend fitting and time-to-limit with its interval.
 //! - [`monitor`]: detect + predict for one condition indicator, as the engine runs it.
+//! - [`fingerprint`]: the identity of an alert (a stable hash of its rule and labels).
+//! - [`muting`]: label matchers, silences and inhibit rules.
 //! - [`alerts`]: the alert lifecycle (pending, firing, resolved; ack, silence, inhibit, group).
 //! - [`notify`]: notification channels with a durable outbox.
 //! - [`commands`]: signed commands to agents and the audit log.
@@ -27,7 +29,9 @@ pub mod alerts;
 pub mod commands;
 pub mod detect;
 pub mod engine;
+pub mod fingerprint;
 pub mod monitor;
+pub mod muting;
 pub mod notify;
 pub mod predict;
 pub mod replay;
@@ -50,9 +54,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::{
-    alerts::{AlertBook, AlertView, AlertsConfig, Silence, SilenceView},
+    alerts::{AlertBook, AlertView, AlertsConfig},
     commands::{AuditLog, AuditRecord, AwaitingApproval, CommandError, Commander},
     engine::{Engine, EngineState},
+    muting::{Silence, SilenceView},
     notify::NotifierHandle,
     rules::{Approval, CommandKind, FleetRules},
 };

@@ -12,7 +12,10 @@ use crate::{
         extract::{Body, P, Q},
         state::ApiState,
     },
-    automation::alerts::{AlertError, AlertView, Matcher, Silence, SilenceView},
+    automation::{
+        alerts::{AlertError, AlertView},
+        muting::{Matcher, Silence, SilenceView},
+    },
     model::AlertState,
 };
 
