@@ -1,21 +1,36 @@
 //! The edgeloop collector: the cloud end. Agents publish batches to its MQTT broker (embedded
 //! rumqttd by default); it stores them in InfluxDB and acknowledges each batch to its agent only
-//! once the database has it.
+//! once the database has it. What it stored feeds the automation (fleet rules, alerts,
+//! notifications, commands back to the agents) and the HTTP API.
 //!
 //! ```text
-//! agents ──MQTT──► broker ──► ingest (decode, check sender, dedup) ──► store (InfluxDB v1/v2, local)
-//!    ▲                                                                     │
-//!    └──────────────────────── ack on edgeloop/v1/{agent}/ack ◄─────────────┘
+//! agents ──MQTT──► ingest (decode, check sender, dedup) ──► store (InfluxDB v1/v2, local)
+//!  ▲  ▲             │  │ status        │ once stored
+//!  │  │             │  └──► fleet      ├──► live (recent windows, latest values, events)
+//!  │  │             │                  ▼ stored batches, command results (bounded channels)
+//!  │  │             │          automation (fleet rules, alert book) ──► notify (webhook, Slack,
+//!  │  └─ signed commands ◄────────┘   └─ alert changes ──► store          PagerDuty, e-mail)
+//!  └──── ack on edgeloop/v1/{agent}/ack, once the store has the batch
+//!
+//! api (HTTP, dashboard, /metrics): reads fleet, live, store and automation; drives the automation
 //! ```
+//!
+//! [`start`] wires the stages: it makes the one MQTT connection (the ingest consumes on it, the
+//! automation's commander publishes on a clone of its client) and the bounded channels from the
+//! ingest to the automation; no stage reaches into another.
 //!
 //! # Layout
 //! - [`config`]: the TOML config, strict parsing and validation.
-//! - [`ingest`]: the MQTT consumer, its per-batch pipeline and the dedup window.
+//! - [`model`]: what store, automation, notify and api share: alerts, notification groups, predictions.
+//! - [`mqtt`]: the MQTT connection in either protocol version (3.1.1 or 5).
+//! - [`ingest`]: the consumer, its per-batch pipeline, the dedup window; what it stored goes out on channels.
 //! - [`store`]: InfluxDB (both write APIs), the embedded local store, line protocol.
 //! - [`fleet`]: the fleet registry (every agent's presence and last report, persisted).
+//! - [`live`]: what was just stored (recent windows, latest values, events), in memory for the API.
+//! - [`automation`]: fleet rules, anomaly detection and prediction, the alert book, commands to agents.
+//! - `notify`: notification channels and their durable outbox.
 //! - [`api`]: the HTTP API (tokens, roles, OpenAPI), the dashboard, `/metrics` and `/fleet`.
-//! - [`model`]: what store, automation, notify and api share: alerts, notification groups, predictions.
-//! - [`metrics`]: Prometheus `/metrics` and `/fleet` (JSON).
+//! - [`metrics`]: the Prometheus exposition of the collector's counters and the fleet.
 //! - [`stats`]: the collector's counters and histograms.
 
 pub mod api;
