@@ -1,5 +1,5 @@
 //! What mutes an alert: label matchers, silences (a person's "not now" for matching alerts)
-//! and inhibit rules (a firing alert muting its consequences). The alert book ([`super::alerts`])
+//! and inhibit rules (a firing alert muting its consequences). The alert book (`alerts.rs`)
 //! applies them; the semantics follow Alertmanager's.
 
 use std::collections::BTreeMap;

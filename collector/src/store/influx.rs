@@ -14,7 +14,10 @@ use std::time::Duration;
 use edgeloop_shared::{batch::Batch, secret::Secret};
 use reqwest::{StatusCode, header::RETRY_AFTER};
 
-use super::{Refused, StoreError, Written, line_protocol};
+use super::{
+    line_protocol,
+    outcome::{Refused, StoreError, Written},
+};
 use crate::config::{InfluxV1Config, InfluxV2Config};
 
 pub struct InfluxStore {
