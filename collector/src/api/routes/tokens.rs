@@ -50,7 +50,8 @@ pub struct TokenRequest {
     role: Role,
 }
 
-#[derive(Debug, Serialize)]
+// No `Debug`: it carries a live token, which must never reach a log.
+#[derive(Serialize)]
 pub struct TokenCreated {
     name: String,
     role: Role,
