@@ -29,7 +29,7 @@
 //! | GET /api/v1/stream | viewer (server-sent events) |
 //! | GET /api/openapi.json, /, /app.js, /app.css, /metrics, /fleet | none |
 //!
-//! The list above is [`table::ROUTES`]: the one table that registers the axum routes, gates
+//! The list above is [`table::routes`]: the one table that registers the axum routes, gates
 //! them by role and writes the OpenAPI document ([`openapi`]), so router, roles and spec cannot
 //! drift apart.
 //!

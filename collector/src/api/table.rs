@@ -1,5 +1,5 @@
 //! The route table: every route's method, path, least role, summary and JSON shapes, in one
-//! list that registers the axum routes ([`register`]), gates them by role ([`gate`]) and is
+//! list that registers the axum routes ([`register`]), gates them by role (`gate`) and is
 //! written out as the OpenAPI document ([`super::openapi`], served here on `/api/openapi.json`).
 //! A route added here is routed, guarded and documented at once; one missing here does not exist.
 

@@ -344,7 +344,7 @@ pub struct Evaluation {
 ///
 /// Per reading: the detector judges it; a spike (glitch) is kept out of the trend, an upward drift to a baseline
 /// at or above `drift_min_level` is an anomaly alert, and every drift (either direction) is passed to
-/// [`TrendEstimator::shift_level`] so a load step is not extrapolated as a trend. Per closed bucket: `predict` at `limit`; the predictive alert
+/// [`super::predict::TrendEstimator::shift_level`] so a load step is not extrapolated as a trend. Per closed bucket: `predict` at `limit`; the predictive alert
 /// fires when `high_ns − now ≤ horizon` on `confirmations` consecutive closes, and re-arms once the condition
 /// clears. The latest plausible crossing is used, not the point estimate, because a forecast that is merely
 /// uncertain then cannot alert: only a trend whose *late* end is already close does.
