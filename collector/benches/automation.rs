@@ -15,6 +15,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use edgeloop_collector::automation::detect::{DetectorConfig, SeriesDetector};
+use edgeloop_collector::automation::monitor;
 use edgeloop_collector::automation::predict::{Observed, TrendConfig, TrendEstimator};
 use edgeloop_collector::automation::synthetic::{self, AlertPolicy, SplitMix64, SyntheticConfig, SyntheticSet};
 
@@ -180,7 +181,7 @@ horizon = "96h"
     let t = Instant::now();
     let set = SyntheticSet::generate(cfg);
     let eval =
-        synthetic::evaluate(&set, &synthetic::detector_config(), &synthetic::trend_config(), &AlertPolicy::default());
+        synthetic::evaluate(&set, &monitor::detector_config(), &monitor::trend_config(), &AlertPolicy::default());
     let elapsed = t.elapsed();
     let h = |ns: Option<i64>| ns.map_or("-".to_string(), |v| format!("{:.1} h", v as f64 / 3.6e12));
     println!(

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 pub use edgeloop_shared::broker::EmbeddedBroker;
-use edgeloop_shared::units::HumanDuration;
+use edgeloop_shared::{secret::Secret, units::HumanDuration};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -112,7 +112,7 @@ pub struct ExternalBroker {
     #[serde(default = "default_mqtt_port")]
     pub port: u16,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// MQTT protocol version: `"5"` (default; shared subscriptions are standard there, a
     /// persistent session expires) or `"3.1.1"` for a broker without MQTT 5.
     #[serde(default)]
@@ -195,7 +195,7 @@ pub struct InfluxV1Config {
     pub database: String,
     pub retention_policy: Option<String>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Measurement of readings (tags `agent`, `sensor`; field `value`).
     #[serde(default = "default_measurement")]
     pub measurement: String,
@@ -219,7 +219,7 @@ pub struct InfluxV2Config {
     pub url: String,
     pub org: String,
     pub bucket: String,
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Measurement of readings (tags `agent`, `sensor`; field `value`).
     #[serde(default = "default_measurement")]
     pub measurement: String,
@@ -351,6 +351,26 @@ mod tests {
 
     fn parse(text: &str) -> Result<CollectorConfig, ConfigError> {
         CollectorConfig::parse(text, Path::new("collector.toml"))
+    }
+
+    #[test]
+    fn debug_of_a_config_never_shows_a_credential() {
+        let v1 = parse(
+            "[broker]\nmode = \"external\"\nhost = \"mqtt.site\"\nusername = \"c\"\npassword = \"mqtt-hunter2\"\n\
+             [store]\nkind = \"influx_v1\"\nurl = \"http://db:8086\"\ndatabase = \"plant\"\nusername = \"u\"\n\
+             password = \"influx-hunter2\"\n",
+        )
+        .unwrap();
+        let v2 = parse(
+            "[store]\nkind = \"influx_v2\"\nurl = \"http://db:8086\"\norg = \"o\"\nbucket = \"b\"\ntoken = \"token-hunter2\"\n",
+        )
+        .unwrap();
+        let StoreConfig::InfluxV1(store) = &v1.store else { panic!("influx v1") };
+        assert_eq!(store.password.as_ref().map(Secret::expose), Some("influx-hunter2"));
+        let shown = format!("{v1:?}{v2:?}");
+        for secret in ["mqtt-hunter2", "influx-hunter2", "token-hunter2"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 
     #[test]

@@ -9,14 +9,13 @@
 //! arrived (a partitioned network). The registry is saved to `state_file` (JSON) so a restarted
 //! collector still knows agents that have not reported since.
 
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    sync::Mutex,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeMap, path::PathBuf, sync::Mutex, time::Duration};
 
-use edgeloop_shared::model::{AgentReport, Presence};
+use edgeloop_shared::{
+    atomic_file::{self, Access},
+    clock::now_ns,
+    model::{AgentReport, Presence},
+};
 use serde::{Deserialize, Serialize};
 
 /// One agent as the collector sees it.
@@ -46,10 +45,6 @@ pub struct Fleet {
     agents: Mutex<BTreeMap<String, FleetEntry>>,
     state_file: Option<PathBuf>,
     last_save: Mutex<Option<std::time::Instant>>,
-}
-
-pub fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// Reports an agent may miss before it counts as gone.
@@ -145,7 +140,7 @@ impl Fleet {
         let Ok(agents) = self.agents.lock().map(|a| a.clone()) else { return };
         let written = serde_json::to_vec_pretty(&agents)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| crate::state_file::write_atomically(path, &bytes, false));
+            .and_then(|bytes| atomic_file::write(path, &bytes, Access::Default));
         if let Err(e) = written {
             tracing::warn!(file = %path.display(), error = %e, "cannot save the fleet state");
         }

@@ -1,23 +1,37 @@
 //! The edgeloop collector: the cloud end. Agents publish batches to its MQTT broker (embedded
 //! rumqttd by default); it stores them in InfluxDB and acknowledges each batch to its agent only
-//! once the database has it.
+//! once the database has it. What it stored feeds the automation (fleet rules, alerts,
+//! notifications, commands back to the agents) and the HTTP API.
 //!
 //! ```text
-//! agents ──MQTT──► broker ──► ingest (decode, check sender, dedup) ──► store (InfluxDB v1/v2, local)
-//!    ▲                                                                     │
-//!    └──────────────────────── ack on edgeloop/v1/{agent}/ack ◄─────────────┘
+//! agents ──MQTT──► ingest (decode, check sender, dedup) ──► store (InfluxDB v1/v2, local)
+//!  ▲  ▲             │  │ status        │ once stored
+//!  │  │             │  └──► fleet      ├──► live (recent windows, latest values, events)
+//!  │  │             │                  ▼ stored batches, command results (bounded channels)
+//!  │  │             │          automation (fleet rules, alert book) ──► notify (webhook, Slack,
+//!  │  └─ signed commands ◄────────┘   └─ alert changes ──► store          PagerDuty, e-mail)
+//!  └──── ack on edgeloop/v1/{agent}/ack, once the store has the batch
+//!
+//! api (HTTP, dashboard, /metrics): reads fleet, live, store and automation; drives the automation
 //! ```
+//!
+//! [`start`] wires the stages: it makes the one MQTT connection (the ingest consumes on it, the
+//! automation's commander publishes on a clone of its client) and the bounded channels from the
+//! ingest to the automation; no stage reaches into another.
 //!
 //! # Layout
 //! - [`config`]: the TOML config, strict parsing and validation.
-//! - [`ingest`]: the MQTT consumer, its per-batch pipeline and the dedup window.
+//! - [`model`]: what store, automation, notify and api share: alerts, notification groups, predictions.
+//! - [`mqtt`]: the MQTT connection in either protocol version (3.1.1 or 5).
+//! - [`ingest`]: the consumer, its per-batch pipeline, the dedup window; what it stored goes out on channels.
 //! - [`store`]: InfluxDB (both write APIs), the embedded local store, line protocol.
 //! - [`fleet`]: the fleet registry (every agent's presence and last report, persisted).
+//! - [`live`]: what was just stored (recent windows, latest values, events), in memory for the API.
+//! - [`automation`]: fleet rules, anomaly detection and prediction, the alert book, commands to agents.
+//! - `notify`: notification channels and their durable outbox.
 //! - [`api`]: the HTTP API (tokens, roles, OpenAPI), the dashboard, `/metrics` and `/fleet`.
-//! - [`model`]: what store, automation, notify and api share: alerts, notification groups, predictions.
-//! - [`metrics`]: Prometheus `/metrics` and `/fleet` (JSON).
+//! - [`metrics`]: the Prometheus exposition of the collector's counters and the fleet.
 //! - [`stats`]: the collector's counters and histograms.
-//! - [`state_file`]: crash-safe writes of the collector's state files.
 
 pub mod api;
 pub mod automation;
@@ -27,7 +41,7 @@ pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod model;
-pub mod state_file;
+pub mod mqtt;
 pub mod stats;
 pub mod store;
 
@@ -35,7 +49,10 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use edgeloop_shared::broker::{self, BrokerError, BrokerHandle};
+use edgeloop_shared::{
+    broker::{self, BrokerError, BrokerHandle},
+    secret::Secret,
+};
 
 use crate::{
     config::{BrokerConfig, CollectorConfig},
@@ -142,7 +159,7 @@ async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> R
             });
             let handle = broker::start(cfg, internal.clone()).await?;
             let (host, port) = (handle.connect_addr.ip().to_string(), handle.connect_addr.port());
-            let (u, p) = internal.map(|i| (i.user, i.password)).unzip();
+            let (u, p) = internal.map(|i| (i.user, Secret::from(i.password))).unzip();
             (Some(handle), host, port, u, p)
         }
         BrokerConfig::External(cfg) => (None, cfg.host.clone(), cfg.port, cfg.username.clone(), cfg.password.clone()),
@@ -181,15 +198,17 @@ async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> R
     let (consuming_tx, mut consuming) = tokio::sync::watch::channel(false);
     let fleet = Arc::new(fleet::Fleet::load(config.fleet.state_file.clone()));
     let live = Arc::new(live::Live::new(std::time::Duration::from_secs(15 * 60), 450));
-    let (client_tx, client_rx) = tokio::sync::watch::channel(None);
-    let mut tap = ingest::Tap { live: live.clone(), stored: None, results: None, client: client_tx };
+    // One connection: the ingest consumes on it, the automation publishes its commands on it.
+    let connection = mqtt::connect(&settings.connection());
+    let mut outputs = ingest::Outputs { live: live.clone(), stored: None, results: None };
     let automation = match &config.automation {
         Some(auto) => {
-            let a = automation::start(auto, config.notify.clone(), client_rx, shutdown.clone())?;
+            let a = automation::start(auto, config.notify.clone(), connection.0.clone(), shutdown.clone())?;
+            // Bounded: the ingest waits for a slow automation (see `ingest::Outputs`).
             let (stored_tx, stored) = tokio::sync::mpsc::channel(256);
             let (results_tx, results) = tokio::sync::mpsc::channel(256);
-            tap.stored = Some(stored_tx);
-            tap.results = Some(results_tx);
+            outputs.stored = Some(stored_tx);
+            outputs.results = Some(results_tx);
             let inputs = automation::Inputs { stored, results };
             tasks.spawn(automation::run(
                 a.clone(),
@@ -205,11 +224,12 @@ async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> R
     };
     tasks.spawn(ingest::run(
         settings,
+        connection,
         store.clone(),
         stats.clone(),
         fleet.clone(),
         consuming_tx,
-        Some(tap),
+        outputs,
         shutdown.clone(),
     ));
     let api_addr = match api {

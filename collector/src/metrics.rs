@@ -1,5 +1,5 @@
 //! What the collector tells about itself and the fleet: Prometheus `/metrics` and the fleet
-//! registry as JSON on `/fleet`, over `edgeloop_shared::http`.
+//! registry as JSON on `/fleet` (both served by the API's router).
 //!
 //! The fast-data health signals: throughput (points and batches stored), error rate
 //! (malformed, spoofed, refused, write retries), processing time and event latency (reading
@@ -7,14 +7,12 @@
 //! age of its oldest unsent reading (the consumer lag, as the agent reports it), and the age of
 //! the newest reading stored from it.
 
-use std::sync::{Arc, atomic::Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
-use edgeloop_shared::http::{self, Exposition};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use edgeloop_shared::http::Exposition;
 
 use crate::{
-    fleet::{self, Fleet},
+    fleet::Fleet,
     stats::{CollectorStats, Histogram},
 };
 
@@ -62,10 +60,10 @@ pub fn prometheus(stats: &CollectorStats, fleet: &Fleet) -> String {
         &stats.latency,
     );
 
-    let now = fleet::now_ns();
+    let now = edgeloop_shared::clock::now_ns();
     let agents = fleet.agents();
     let age = |ts: i64| ((now - ts).max(0) as f64) / 1e9;
-    type Gauge = fn(&fleet::AgentView, &dyn Fn(i64) -> f64) -> Option<f64>;
+    type Gauge = fn(&crate::fleet::AgentView, &dyn Fn(i64) -> f64) -> Option<f64>;
     let per_agent: [(&str, &str, Gauge); 7] = [
         ("agent_online", "1 while the agent reports (three missed reports or a goodbye: 0)", |a, _| {
             Some(f64::from(u8::from(a.online)))
@@ -116,16 +114,4 @@ fn histogram(e: &mut Exposition, name: &str, help: &str, h: &Histogram) {
     }
     e.sample(&format!("{name}_sum"), &[], sum);
     e.sample(&format!("{name}_count"), &[], count as f64);
-}
-
-/// Serves `/metrics` and `/fleet` until `shutdown`.
-pub async fn serve(listener: TcpListener, stats: Arc<CollectorStats>, fleet: Arc<Fleet>, shutdown: CancellationToken) {
-    let handle = move |path: &str| match path {
-        "/metrics" => Some(("200 OK", "text/plain; version=0.0.4", prometheus(&stats, &fleet))),
-        "/fleet" => {
-            Some(("200 OK", "application/json", serde_json::to_string_pretty(&fleet.agents()).unwrap_or_default()))
-        }
-        _ => None,
-    };
-    http::serve(listener, handle, shutdown.cancelled_owned()).await;
 }

@@ -11,6 +11,8 @@ use alloc::{
 };
 use serde::{Deserialize, Serialize};
 
+// A series' points are the codec's unit; re-exported here, where a batch's users look for them.
+pub use crate::codec::Point;
 use crate::{
     codec,
     model::{Event, Reading, WireError, from_wire_borrowed, to_wire},
@@ -54,13 +56,6 @@ struct WireSeries<'a> {
 pub struct Series {
     pub sensor: String,
     pub points: Vec<Point>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Point {
-    /// Nanoseconds since the Unix epoch, UTC.
-    pub ts_ns: i64,
-    pub value: f64,
 }
 
 impl Batch {

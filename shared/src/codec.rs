@@ -81,7 +81,15 @@
 
 use alloc::vec::Vec;
 
-use crate::batch::Point;
+use serde::{Deserialize, Serialize};
+
+/// One reading of a series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Nanoseconds since the Unix epoch, UTC.
+    pub ts_ns: i64,
+    pub value: f64,
+}
 
 /// Why bytes do not decode as a series.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -8,8 +8,8 @@ use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 use edgeloop_collector::{
     Collector,
     automation::{
-        alerts::{MatchOp, Matcher, Silence},
         commands::generate_key,
+        muting::{MatchOp, Matcher, Silence},
         synthetic::{SyntheticConfig, SyntheticSet},
     },
     config::CollectorConfig,
@@ -134,7 +134,7 @@ impl FakeAgent {
 fn report(interval_ms: u32) -> AgentReport {
     AgentReport {
         version: "test".into(),
-        sent_ns: edgeloop_collector::fleet::now_ns(),
+        sent_ns: edgeloop_shared::clock::now_ns(),
         interval_ms,
         sensors: vec![],
         stale_sensors: vec![],
@@ -311,11 +311,8 @@ async fn fifty_agents_going_offline_are_one_notification() {
     for i in 0..50 {
         let mut a = FakeAgent::connect(broker, &format!("gw-site-{i:02}")).await;
         a.presence(Presence::Online(report(60_000))).await;
-        a.send(
-            &[Reading { sensor: "m.temp".into(), ts_ns: edgeloop_collector::fleet::now_ns(), value: 20.0 }],
-            "plant-a",
-        )
-        .await;
+        a.send(&[Reading { sensor: "m.temp".into(), ts_ns: edgeloop_shared::clock::now_ns(), value: 20.0 }], "plant-a")
+            .await;
         agents.push(a);
     }
     let fleet = c.fleet.clone();
@@ -352,7 +349,7 @@ async fn alert_state_survives_a_restart_without_a_second_notification() {
     let (c, shutdown) = collector(dir.path(), &rules, &hook, false).await;
     let mut a = FakeAgent::connect(c.broker_addr().unwrap(), "gw-restart").await;
     a.presence(Presence::Online(report(60_000))).await;
-    a.send(&[Reading { sensor: "m.temp".into(), ts_ns: edgeloop_collector::fleet::now_ns(), value: 20.0 }], "plant-a")
+    a.send(&[Reading { sensor: "m.temp".into(), ts_ns: edgeloop_shared::clock::now_ns(), value: 20.0 }], "plant-a")
         .await;
     a.presence(Presence::Offline).await;
     harness::wait_for("the outage notification", WAIT, || {
@@ -389,7 +386,7 @@ async fn a_silence_suppresses_then_expires() {
     let rules = OFFLINE_RULES.replace("group_wait = \"2s\"", "group_wait = \"0s\"");
     let (c, shutdown) = collector(dir.path(), &rules, &hook, false).await;
     let automation = c.automation.clone().unwrap();
-    let now = edgeloop_collector::fleet::now_ns();
+    let now = edgeloop_shared::clock::now_ns();
     let id = automation
         .silence(Silence {
             matchers: vec![Matcher { label: "agent".into(), value: "gw-quiet".into(), op: MatchOp::Equal }],
@@ -415,7 +412,7 @@ async fn a_silence_suppresses_then_expires() {
         async move { hook.bodies().into_iter().next() }
     })
     .await;
-    assert!(edgeloop_collector::fleet::now_ns() >= now + 5_000_000_000, "not before the silence ended");
+    assert!(edgeloop_shared::clock::now_ns() >= now + 5_000_000_000, "not before the silence ended");
     assert_eq!(body["alerts"][0]["labels"]["agent"], "gw-quiet");
     shutdown.cancel();
     c.wait().await;
@@ -468,8 +465,8 @@ async fn signed_commands_are_verified_audited_and_pushed_rules_run_on_the_agent(
     let forged_cmd = edgeloop_shared::model::Command {
         id: 4242,
         agent: "gw-trusted".into(),
-        issued_ns: edgeloop_collector::fleet::now_ns(),
-        expires_ns: edgeloop_collector::fleet::now_ns() + 60_000_000_000,
+        issued_ns: edgeloop_shared::clock::now_ns(),
+        expires_ns: edgeloop_shared::clock::now_ns() + 60_000_000_000,
         issuer: "attacker".into(),
         action: CommandAction::Shutdown { reason: "forged".into() },
     };
@@ -599,7 +596,7 @@ async fn the_automation_sees_the_whole_stream_when_collectors_share_it() {
         tasks.push(tokio::spawn(async move {
             let mut agent = FakeAgent::connect(broker, &format!("gw-shared-{i}")).await;
             for n in 0..per_agent {
-                let ts_ns = edgeloop_collector::fleet::now_ns();
+                let ts_ns = edgeloop_shared::clock::now_ns();
                 // The last batch of each agent is over the limit.
                 let value = if n + 1 == per_agent { 80.0 } else { 20.0 };
                 agent.send(&[Reading { sensor: format!("m{i}.temp"), ts_ns, value }], "plant-a").await;

@@ -52,7 +52,7 @@ state_dir = "{state}"
     let shutdown = CancellationToken::new();
     let collector = edgeloop_collector::start(&config, shutdown.clone()).await.unwrap();
 
-    let now = edgeloop_collector::fleet::now_ns();
+    let now = edgeloop_shared::clock::now_ns();
     let mut agent = FakeAgent::connect(collector.broker_addr().unwrap(), "gw-grafana").await;
     let readings: Vec<Reading> = (0..120)
         .map(|i| Reading { sensor: "press-3.de.vel_rms".into(), ts_ns: now - (120 - i) * 1_000_000_000, value: 2.0 })

@@ -6,7 +6,7 @@
 //! hash in constant time, so neither the comparison nor the position of a match leaks timing.
 //!
 //! Roles are ordered: `viewer` < `maintenance` < `engineer` < `operator` < `admin`; a route names
-//! the least role it needs (see [`super::table`]).
+//! the least role it needs (the route table, `table.rs`).
 
 use std::{
     fmt,
@@ -146,7 +146,7 @@ fn save_file(path: &Path, tokens: &[TokenEntry]) -> Result<(), TokenError> {
     let err = |error| TokenError::Write { path: path.into(), error };
     let bytes = serde_json::to_vec_pretty(&TokenFileBody { tokens: tokens.to_vec() })
         .map_err(|e| err(std::io::Error::other(e)))?;
-    crate::state_file::write_atomically(path, &bytes, true).map_err(err)
+    edgeloop_shared::atomic_file::write(path, &bytes, edgeloop_shared::atomic_file::Access::Private).map_err(err)
 }
 
 fn check_name(name: &str) -> Result<(), TokenError> {
@@ -168,7 +168,12 @@ fn add(tokens: &mut Vec<TokenEntry>, name: &str, role: Role) -> Result<String, T
         return Err(TokenError::Exists(name.into()));
     }
     let token = new_token()?;
-    tokens.push(TokenEntry { name: name.into(), role, sha256: hash(&token), created_ns: crate::fleet::now_ns() });
+    tokens.push(TokenEntry {
+        name: name.into(),
+        role,
+        sha256: hash(&token),
+        created_ns: edgeloop_shared::clock::now_ns(),
+    });
     Ok(token)
 }
 
@@ -210,11 +215,6 @@ impl Tokens {
             loaded: Mutex::new(loaded),
             writing: Mutex::new(()),
         })
-    }
-
-    /// Tokens held in memory only (tests).
-    pub fn in_memory(entries: Vec<TokenEntry>) -> Self {
-        Self { path: None, entries: RwLock::new(entries), loaded: Mutex::new(None), writing: Mutex::new(()) }
     }
 
     /// Re-reads the file when it changed since it was read. A file that no longer parses is

@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::de::DeserializeOwned;
 
-use super::ApiError;
+use super::error::ApiError;
 
 /// A JSON body. The `Content-Type` is not insisted on; an empty body reads as `{}` (so a POST
 /// whose fields are all optional needs none).

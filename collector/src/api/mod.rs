@@ -29,106 +29,41 @@
 //! | GET /api/v1/stream | viewer (server-sent events) |
 //! | GET /api/openapi.json, /, /app.js, /app.css, /metrics, /fleet | none |
 //!
-//! The list above is [`table::ROUTES`]: the one table that registers the axum routes, gates
+//! The list above is [`table::routes`]: the one table that registers the axum routes, gates
 //! them by role and writes the OpenAPI document ([`openapi`]), so router, roles and spec cannot
 //! drift apart.
 //!
 //! # Layout
 //! - [`auth`]: tokens (hashed, constant-time compare) and roles.
 //! - [`error`]: `ApiError`, the one error type, as JSON.
-//! - [`table`]: the route table and the role gate.
+//! - [`state`]: what the handlers share (`ApiState`).
+//! - [`route`]: what a route is (method, access, reply, parameters) and the role check handlers make.
 //! - [`extract`]: body, query and path extractors whose rejections are `ApiError`s.
-//! - [`openapi`]: the OpenAPI 3.0 document, built from the table.
 //! - `routes/`: the handlers, by area (`fleet`, `alerts`, `commands`, `tokens`, `stream`, `files`).
+//! - [`openapi`]: the OpenAPI 3.0 document, written from a list of routes.
+//! - [`table`]: the route table (every handler with its route), the role gate, `/api/openapi.json`.
+//!
+//! Imports point down that list: handlers know the route types and the state, never the table;
+//! the table knows the handlers and the OpenAPI writer.
 
 pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+pub mod route;
 mod routes;
+pub mod state;
 pub mod table;
-
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
 
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{automation::Automation, fleet::Fleet, live::Live, stats::CollectorStats, store::Store};
-
 pub use self::{
     auth::{Caller, Role, Tokens},
     error::ApiError,
+    state::{ApiState, Parts},
 };
-
-/// What the API reads and drives.
-pub struct Parts {
-    pub stats: Arc<CollectorStats>,
-    pub fleet: Arc<Fleet>,
-    pub live: Arc<Live>,
-    pub automation: Option<Arc<Automation>>,
-    pub store: Arc<Store>,
-    pub tokens: Tokens,
-    /// Ends the server-sent event streams.
-    pub shutdown: CancellationToken,
-}
-
-/// The handlers' shared state.
-#[derive(Clone)]
-pub struct ApiState(Arc<Shared>);
-
-pub struct Shared {
-    pub parts: Parts,
-    /// agent → the rule file last pushed to it through this collector.
-    pub pushed_rules: Mutex<HashMap<String, String>>,
-}
-
-impl std::ops::Deref for ApiState {
-    type Target = Parts;
-    fn deref(&self) -> &Parts {
-        &self.0.parts
-    }
-}
-
-impl ApiState {
-    pub fn new(parts: Parts) -> Self {
-        Self(Arc::new(Shared { parts, pushed_rules: Mutex::default() }))
-    }
-
-    fn pushed_rules(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.0.pushed_rules.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The automation engine, or 503 when `[automation]` is not configured.
-    pub fn automation(&self) -> Result<&Arc<Automation>, ApiError> {
-        self.parts_automation().ok_or_else(|| {
-            ApiError::Unavailable("automation is not configured ([automation] in the collector config)".into())
-        })
-    }
-
-    fn parts_automation(&self) -> Option<&Arc<Automation>> {
-        self.0.parts.automation.as_ref()
-    }
-
-    /// Whether the collector has heard of `agent` (fleet registry or live cache).
-    pub fn knows(&self, agent: &str) -> bool {
-        self.fleet.agents().iter().any(|a| a.agent == agent)
-            || !self.live.latest(agent).is_empty()
-            || self.live.site(agent).is_some()
-    }
-
-    /// 404 naming the agent when it is unknown.
-    pub fn require_agent(&self, agent: &str) -> Result<(), ApiError> {
-        if self.knows(agent) {
-            Ok(())
-        } else {
-            Err(ApiError::NotFound(format!("no agent named {agent:?} is known to this collector")))
-        }
-    }
-}
 
 /// The whole router: the API, the dashboard, `/metrics` and `/fleet`.
 pub fn router(state: ApiState) -> Router {

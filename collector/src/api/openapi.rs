@@ -1,14 +1,14 @@
-//! The OpenAPI 3.0 document, built from [`super::table::routes`] (paths, methods, roles,
+//! The OpenAPI 3.0 document, written from the route table's routes (paths, methods, roles,
 //! parameters, bodies, answers) and the schemas below, so it lists exactly what is routed.
 
 use serde_json::{Map, Value, json};
 
-use super::table::{Access, Reply, routes};
+use super::route::{Access, Reply, RouteSpec};
 
-/// The whole document.
-pub fn document() -> Value {
+/// The whole document for `routes`.
+pub fn document(routes: &[RouteSpec]) -> Value {
     let mut paths = Map::new();
-    for r in routes() {
+    for r in routes {
         let mut op = Map::new();
         let tag = if r.path.starts_with("/api/v1/") { "api" } else { "public" };
         op.insert("tags".into(), json!([tag]));

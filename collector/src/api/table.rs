@@ -1,7 +1,7 @@
 //! The route table: every route's method, path, least role, summary and JSON shapes, in one
-//! list that registers the axum routes ([`register`]), gates them by role ([`gate`]) and writes
-//! the OpenAPI document ([`super::openapi`]). A route added here is routed, guarded and
-//! documented at once; one missing here does not exist.
+//! list that registers the axum routes ([`register`]), gates them by role (`gate`) and is
+//! written out as the OpenAPI document ([`super::openapi`], served here on `/api/openapi.json`).
+//! A route added here is routed, guarded and documented at once; one missing here does not exist.
 
 use axum::{
     Router,
@@ -9,87 +9,17 @@ use axum::{
     http::{HeaderMap, Method as HttpMethod, Uri, header},
     middleware::{Next, from_fn_with_state},
     response::{IntoResponse, Response},
-    routing::{MethodFilter, MethodRouter, on},
+    routing::on,
 };
 
 use super::{
-    ApiError, ApiState,
-    auth::{Caller, Role},
+    auth::Role,
+    error::ApiError,
+    openapi,
+    route::{Access, Method, Param, Reply, Required, RouteSpec, forbidden, param, route},
     routes::{alerts, commands, files, fleet, stream, tokens},
+    state::ApiState,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
-    Get,
-    Post,
-    Delete,
-}
-
-impl Method {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Method::Get => "get",
-            Method::Post => "post",
-            Method::Delete => "delete",
-        }
-    }
-
-    fn filter(self) -> MethodFilter {
-        match self {
-            Method::Get => MethodFilter::GET,
-            Method::Post => MethodFilter::POST,
-            Method::Delete => MethodFilter::DELETE,
-        }
-    }
-}
-
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// No token needed.
-    Public,
-    /// A token of this role or above; checked before the handler runs.
-    Role(Role),
-    /// A token of this role or above for a command; the handler checks the role itself, so that
-    /// a refusal is written to the audit log with the agent and action it was about.
-    Command(Role),
-}
-
-impl Access {
-    pub fn role(self) -> Option<Role> {
-        match self {
-            Access::Public => None,
-            Access::Role(r) | Access::Command(r) => Some(r),
-        }
-    }
-}
-
-/// What a route answers on success.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
-    /// No body (204).
-    Empty,
-    /// One JSON object of this schema (`components.schemas`).
-    Json(&'static str),
-    /// A JSON array of this schema.
-    Array(&'static str),
-    /// Not JSON: this content type.
-    Other(&'static str),
-}
-
-/// One query parameter.
-#[derive(Debug, Clone, Copy)]
-pub struct Param {
-    pub name: &'static str,
-    /// `string` or `integer`.
-    pub kind: &'static str,
-    pub required: bool,
-    pub description: &'static str,
-}
-
-const fn param(name: &'static str, kind: &'static str, required: bool, description: &'static str) -> Param {
-    Param { name, kind, required, description }
-}
 
 const SERIES_QUERY: &[Param; 4] = &[
     param("sensor", "string", true, "Sensor name"),
@@ -108,47 +38,6 @@ const STREAM_QUERY: &[Param; 3] = &[
     param("agent", "string", false, "Only this agent's readings"),
     param("readings", "boolean", false, "false: no reading events (a fleet view that draws none); default true"),
 ];
-
-/// One route.
-#[derive(Clone)]
-pub struct RouteSpec {
-    pub method: Method,
-    pub path: &'static str,
-    pub access: Access,
-    /// What a refused caller may not do: "role viewer may not {what} (needs operator)".
-    pub what: &'static str,
-    pub summary: &'static str,
-    pub query: &'static [Param],
-    /// The request body's schema.
-    pub body: Option<&'static str>,
-    pub status: u16,
-    pub reply: Reply,
-    /// The token may come as `?token=` (server-sent events: `EventSource` sets no headers).
-    pub token_in_query: bool,
-    pub handler: fn(MethodFilter) -> MethodRouter<ApiState>,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn route(
-    method: Method,
-    path: &'static str,
-    access: Access,
-    what: &'static str,
-    summary: &'static str,
-    body: Option<&'static str>,
-    status: u16,
-    reply: Reply,
-    handler: fn(MethodFilter) -> MethodRouter<ApiState>,
-) -> RouteSpec {
-    RouteSpec { method, path, access, what, summary, query: &[], body, status, reply, token_in_query: false, handler }
-}
-
-impl RouteSpec {
-    fn query(mut self, query: &'static [Param]) -> Self {
-        self.query = query;
-        self
-    }
-}
 
 /// Every route the collector serves.
 pub fn routes() -> Vec<RouteSpec> {
@@ -349,7 +238,7 @@ pub fn routes() -> Vec<RouteSpec> {
             .query(STREAM_QUERY)
         },
         route(Get, "/api/openapi.json", Public, "", "This document", None, 200, Other("application/json"), |m| {
-            on(m, files::openapi)
+            on(m, openapi_json)
         }),
         route(Get, "/", Public, "", "The dashboard", None, 200, Other("text/html"), |m| on(m, files::index)),
         route(Get, "/app.js", Public, "", "The dashboard's script", None, 200, Other("text/javascript"), |m| {
@@ -382,6 +271,11 @@ pub fn register(state: ApiState) -> Router {
     router.fallback(not_found).method_not_allowed_fallback(method_not_allowed).with_state(state)
 }
 
+/// The OpenAPI document of [`routes`].
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi::document(&routes()).to_string()).into_response()
+}
+
 async fn not_found(method: HttpMethod, uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no route {method} {} (see /api/openapi.json)", uri.path()))
 }
@@ -393,24 +287,12 @@ async fn method_not_allowed(method: HttpMethod, uri: Uri) -> Response {
     r
 }
 
-/// The least role a route needs and what it does, for a handler that checks the role itself.
-#[derive(Debug, Clone, Copy)]
-pub struct Required {
-    pub role: Role,
-    pub what: &'static str,
-}
-
 #[derive(Clone)]
 struct Gate {
     state: ApiState,
     access: Access,
     what: &'static str,
     query: bool,
-}
-
-/// The refusal for a caller below `needs`.
-pub fn forbidden(caller: &Caller, what: &str, needs: Role) -> ApiError {
-    ApiError::Forbidden(format!("role {} may not {what} (needs {needs})", caller.role))
 }
 
 /// Authenticates the caller (401 otherwise), checks the route's role (403) unless the handler

@@ -14,12 +14,15 @@ use tokio_util::sync::CancellationToken;
 use super::{
     ApiState, Parts, Role,
     auth::{Tokens, add_to_file},
-    table::{Access, Method, routes},
+    route::{Access, Method},
+    table::routes,
 };
+use edgeloop_shared::clock::now_ns;
+
 use crate::{
     automation::{self, Inputs},
     config::{AutomationConfig, LocalStoreConfig, StoreConfig},
-    fleet::{Fleet, now_ns},
+    fleet::Fleet,
     live::Live,
     stats::CollectorStats,
     store::Store,
@@ -93,8 +96,7 @@ async fn fixture(with_automation: bool) -> Fixture {
         // A client whose event loop is never polled: publishes queue (the test reads them from the audit).
         let (client, eventloop) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("api-test", "127.0.0.1", 1), 64);
         mqtt = Some(eventloop);
-        let (_client_tx, client_rx) = tokio::sync::watch::channel(Some(crate::ingest::client::Client::V4(client)));
-        let a = automation::start(&config, BTreeMap::new(), client_rx, shutdown.clone()).unwrap();
+        let a = automation::start(&config, BTreeMap::new(), crate::mqtt::Client::V4(client), shutdown.clone()).unwrap();
         let (stored_tx, stored) = tokio::sync::mpsc::channel(8);
         let (results_tx, results) = tokio::sync::mpsc::channel(8);
         tokio::spawn(automation::run(

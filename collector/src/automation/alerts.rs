@@ -21,12 +21,7 @@
 //!   [`AlertView::pending_since_ns`] set, so a resolution already owed to people is still sent.
 //!
 //! # Fingerprints
-//! An alert is identified by [`fingerprint`]: FNV-1a 64 over the rule name and then each label
-//! name and value in name order (the `rule` label excluded, it repeats the rule), every string
-//! followed by a 0xFF byte, printed as 16 lowercase hex digits. 0xFF never occurs in UTF-8, so two
-//! different label sets cannot hash the same bytes by concatenation, and the value never changes
-//! across versions or hosts. Labels are therefore identity: values that change (a reading) belong
-//! in `value`, not in a label.
+//! An alert is identified by [`fingerprint`] of its rule and labels (see there).
 //!
 //! # Grouping and timing
 //! Alerts sharing receivers and the values of their policy's `group_by` labels form a group, and
@@ -82,6 +77,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::{
+    fingerprint::{fingerprint, group_key},
+    muting::{InhibitRule, Silence, SilenceView, all_match},
+};
 use crate::model::{Alert, AlertState, GroupStatus, Notification, Prediction, Severity};
 
 const HOUR_NS: i64 = 3_600_000_000_000;
@@ -120,100 +119,6 @@ pub struct Signal {
     /// How long the condition must hold before the alert fires.
     pub for_ns: i64,
     pub policy: RoutePolicy,
-}
-
-/// How a [`Matcher`] compares a label's value. A missing label compares as the empty string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MatchOp {
-    #[default]
-    Equal,
-    NotEqual,
-    /// `*` matches any run of characters (also none); everything else matches itself.
-    Glob,
-    NotGlob,
-}
-
-/// One condition on one label, as used by silences and inhibit rules.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Matcher {
-    pub label: String,
-    pub value: String,
-    /// `equal` when left out.
-    #[serde(default)]
-    pub op: MatchOp,
-}
-
-impl Matcher {
-    pub fn equal(label: &str, value: &str) -> Self {
-        Self { label: label.to_owned(), value: value.to_owned(), op: MatchOp::Equal }
-    }
-
-    pub fn not_equal(label: &str, value: &str) -> Self {
-        Self { label: label.to_owned(), value: value.to_owned(), op: MatchOp::NotEqual }
-    }
-
-    pub fn glob(label: &str, pattern: &str) -> Self {
-        Self { label: label.to_owned(), value: pattern.to_owned(), op: MatchOp::Glob }
-    }
-
-    /// Whether `labels` satisfy this matcher.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        // Alertmanager's convention: an absent label is the empty string, so `machine=""` finds
-        // alerts without a machine and `machine!="x"` includes them.
-        let value = labels.get(&self.label).map_or("", String::as_str);
-        match self.op {
-            MatchOp::Equal => value == self.value,
-            MatchOp::NotEqual => value != self.value,
-            MatchOp::Glob => glob_match(&self.value, value),
-            MatchOp::NotGlob => !glob_match(&self.value, value),
-        }
-    }
-}
-
-fn all_match(matchers: &[Matcher], labels: &BTreeMap<String, String>) -> bool {
-    matchers.iter().all(|m| m.matches(labels))
-}
-
-/// `*`-only glob, iterative with one backtrack point, so no pattern can make it exponential.
-fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        match (p.get(pi), t.get(ti)) {
-            (Some('*'), _) => {
-                star = Some((pi, ti));
-                pi += 1;
-            }
-            (Some(pc), Some(tc)) if pc == tc => {
-                pi += 1;
-                ti += 1;
-            }
-            _ => match star {
-                // Let the last star swallow one more character and retry from there.
-                Some((sp, st)) => {
-                    star = Some((sp, st + 1));
-                    pi = sp + 1;
-                    ti = st + 1;
-                }
-                None => return false,
-            },
-        }
-    }
-    p.get(pi..).is_some_and(|rest| rest.iter().all(|c| *c == '*'))
-}
-
-/// While a firing alert matches `source`, alerts matching `target` with the same values of the
-/// `equal` labels are muted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InhibitRule {
-    pub source: Vec<Matcher>,
-    pub target: Vec<Matcher>,
-    pub equal: Vec<String>,
 }
 
 /// The engine's settings; inhibit rules can be reloaded with [`AlertBook::set_config`].
@@ -279,50 +184,6 @@ impl AlertsConfig {
     }
 }
 
-/// A request to mute matching alerts for a while.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Silence {
-    pub matchers: Vec<Matcher>,
-    pub starts_ns: i64,
-    pub ends_ns: i64,
-    pub created_by: String,
-    pub comment: String,
-}
-
-impl Silence {
-    fn is_active(&self, now_ns: i64) -> bool {
-        self.starts_ns <= now_ns && now_ns < self.ends_ns
-    }
-
-    fn state(&self, now_ns: i64) -> SilenceState {
-        if now_ns < self.starts_ns {
-            SilenceState::Pending
-        } else if now_ns < self.ends_ns {
-            SilenceState::Active
-        } else {
-            SilenceState::Expired
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SilenceState {
-    /// Starts in the future.
-    Pending,
-    Active,
-    Expired,
-}
-
-/// A silence as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SilenceView {
-    pub id: String,
-    pub state: SilenceState,
-    pub silence: Silence,
-}
-
 /// An alert as the API shows it: the alert plus why it is or is not being notified.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AlertView {
@@ -374,57 +235,6 @@ pub enum AlertError {
     BadMatcher { index: usize, reason: String },
     #[error("invalid alerts config: {}", problems.join("; "))]
     InvalidConfig { problems: Vec<String> },
-}
-
-/// FNV-1a 64 of `rule` and `labels` (without a `rule` label), as 16 hex digits; see the module docs.
-pub fn fingerprint(rule: &str, labels: &BTreeMap<String, String>) -> String {
-    let mut hash = Fnv::new();
-    hash.field(rule);
-    for (name, value) in labels.iter().filter(|(name, _)| name.as_str() != "rule") {
-        hash.field(name);
-        hash.field(value);
-    }
-    format!("{:016x}", hash.0)
-}
-
-struct Fnv(u64);
-
-impl Fnv {
-    fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn bytes(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= u64::from(*b);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    /// A string and its terminator (0xFF, never in UTF-8), so fields cannot run into each other.
-    fn field(&mut self, s: &str) {
-        self.bytes(s.as_bytes());
-        self.bytes(&[0xff]);
-    }
-}
-
-/// The group an alert belongs to: receivers (sorted, deduplicated) and the `group_by` labels, each
-/// present one as name and value, an absent one as its name and a 0xFE byte.
-fn group_key(receivers: &[String], group_by: &[String], labels: &BTreeMap<String, String>) -> String {
-    let mut hash = Fnv::new();
-    for receiver in receivers {
-        hash.field(receiver);
-    }
-    hash.bytes(&[0xfe]);
-    let names: BTreeSet<&String> = group_by.iter().collect();
-    for name in names {
-        hash.field(name);
-        match labels.get(name) {
-            Some(value) => hash.field(value),
-            None => hash.bytes(&[0xfe]),
-        }
-    }
-    format!("{:016x}", hash.0)
 }
 
 /// What the latest active signal said; applied to the alert while it lives, or when a new life
@@ -1065,6 +875,7 @@ fn check_silence(silence: &Silence) -> Result<(), AlertError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::muting::{Matcher, SilenceState};
     use super::*;
 
     const S: i64 = 1_000_000_000;
@@ -1119,21 +930,6 @@ mod tests {
 
     fn fps(n: &Notification) -> Vec<&str> {
         n.alerts.iter().map(|a| a.fingerprint.as_str()).collect()
-    }
-
-    #[test]
-    fn fingerprint_is_stable_and_ignores_label_order_and_rule_label() {
-        let a =
-            fingerprint("overtemp", &[("agent", "gw-1"), ("sensor", "t1")].map(|(k, v)| (k.into(), v.into())).into());
-        let b = fingerprint(
-            "overtemp",
-            &[("sensor", "t1"), ("rule", "x"), ("agent", "gw-1")].map(|(k, v)| (k.into(), v.into())).into(),
-        );
-        assert_eq!(a, b);
-        assert_eq!(a.len(), 16);
-        assert_ne!(a, fingerprint("overtemp", &[("agent", "gw-1t1")].map(|(k, v)| (k.into(), v.into())).into()));
-        // FNV-1a 64 of the empty rule and no labels is the offset basis hashed with one 0xFF.
-        assert_eq!(fingerprint("", &BTreeMap::new()), "af64724c8602eb6e");
     }
 
     #[test]
@@ -1417,11 +1213,6 @@ mod tests {
         let sent = run(&mut book, 0, 5 * MIN);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].group_labels.get("machine").map(String::as_str), Some("lathe-1"));
-        assert!(glob_match("*a*b", "xxaxxb"));
-        assert!(glob_match("a*", "a"));
-        assert!(!glob_match("a*c", "abcb"));
-        assert!(glob_match("", ""));
-        assert!(!glob_match("", "x"));
     }
 
     #[test]
@@ -1631,15 +1422,5 @@ mod tests {
         s.for_ns = -1;
         assert_eq!(book.observe(0, s), Err(AlertError::NegativeFor { rule: "agent_offline".to_owned(), for_ns: -1 }));
         assert!(book.alerts().is_empty());
-    }
-
-    #[test]
-    fn silence_from_api_json_is_strict() {
-        let json = r#"{"matchers":[{"label":"machine","value":"press-3"}],"starts_ns":0,"ends_ns":10,
-            "created_by":"maria","comment":"bearing swap"}"#;
-        let silence: Silence = serde_json::from_str(json).unwrap();
-        assert_eq!(silence.matchers[0].op, MatchOp::Equal);
-        let typo = json.replace("comment", "coment");
-        assert!(serde_json::from_str::<Silence>(&typo).unwrap_err().to_string().contains("unknown field `coment`"));
     }
 }

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use crate::ingest::client::Client;
+use crate::mqtt::Client;
 use edgeloop_shared::{
     command::SigningKey,
     model::{Command, CommandAction, CommandResult, to_wire},
@@ -31,8 +31,6 @@ pub enum CommandError {
     Key { path: PathBuf, reason: String },
     #[error("{0:?} is not a valid agent id")]
     BadAgent(String),
-    #[error("the collector is not connected to the broker; command not sent")]
-    NotConnected,
     #[error("cannot send the command: {0}")]
     Send(String),
     #[error("cannot write the audit log {path}: {error}")]
@@ -122,7 +120,8 @@ pub struct Commander {
     key: Option<SigningKey>,
     ttl: Duration,
     pub audit: AuditLog,
-    client: tokio::sync::watch::Receiver<Option<Client>>,
+    /// The ingest's connection, which commands go out on.
+    client: Client,
     last_id: u64,
     /// Sent, not answered yet: id → (agent, issuer, action).
     sent: HashMap<u64, (String, String, String)>,
@@ -130,12 +129,7 @@ pub struct Commander {
 }
 
 impl Commander {
-    pub fn new(
-        key_file: Option<&Path>,
-        ttl: Duration,
-        audit: AuditLog,
-        client: tokio::sync::watch::Receiver<Option<Client>>,
-    ) -> Result<Self, CommandError> {
+    pub fn new(key_file: Option<&Path>, ttl: Duration, audit: AuditLog, client: Client) -> Result<Self, CommandError> {
         let key = match key_file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -202,7 +196,6 @@ impl Commander {
             Ok(s) => s,
             Err(e) => return refuse(self, CommandError::Send(e.to_string())),
         };
-        let Some(client) = self.client.borrow().clone() else { return refuse(self, CommandError::NotConnected) };
         self.audit.append(&AuditRecord {
             ts_ns: now_ns,
             id: Some(id),
@@ -212,7 +205,7 @@ impl Commander {
             verdict: "sent".into(),
             detail: format!("signed with key {}, expires in {:?}", key.key_id(), self.ttl),
         })?;
-        client.publish(topic::topic(agent, Channel::Cmd), signed).await.map_err(CommandError::Send)?;
+        self.client.publish(topic::topic(agent, Channel::Cmd), signed).await.map_err(CommandError::Send)?;
         tracing::info!(agent, id, issuer, action = %summary, "command sent");
         self.sent.insert(id, (agent.into(), issuer.into(), summary));
         Ok(id)
@@ -350,10 +343,15 @@ mod tests {
     #[tokio::test]
     async fn without_a_key_a_command_is_refused_and_audited() {
         let dir = tempfile::tempdir().unwrap();
-        let (_tx, rx) = tokio::sync::watch::channel(None);
-        let mut c =
-            Commander::new(None, Duration::from_secs(60), AuditLog::open(&dir.path().join("a.jsonl")).unwrap(), rx)
-                .unwrap();
+        // A client whose event loop is never polled: nothing reaches a broker.
+        let (client, _eventloop) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 4);
+        let mut c = Commander::new(
+            None,
+            Duration::from_secs(60),
+            AuditLog::open(&dir.path().join("a.jsonl")).unwrap(),
+            Client::V4(client),
+        )
+        .unwrap();
         let err = c.send("gw-1", CommandAction::Shutdown { reason: "x".into() }, "token:bob", 5).await.unwrap_err();
         assert!(matches!(err, CommandError::NoKey), "{err}");
         let log = c.audit.recent(5);

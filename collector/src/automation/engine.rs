@@ -13,9 +13,10 @@ use edgeloop_shared::{batch::Batch, model::EventKind};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    alerts::{AlertBook, AlertError, AlertView, InhibitRule, MatchOp, Matcher, RoutePolicy, Signal},
+    alerts::{AlertBook, AlertError, AlertView, RoutePolicy, Signal},
     detect::{DetectorConfig, SeriesDetector, Verdict},
     monitor::{IndicatorMonitor, MonitorParams},
+    muting::{InhibitRule, MatchOp, Matcher},
     rules::{Approval, CommandKind, FleetRule, FleetRules, RuleKind, glob},
 };
 use crate::{
@@ -462,7 +463,7 @@ impl Engine {
         active: bool,
         summary: String,
     ) {
-        let fp = super::alerts::fingerprint(id, &labels);
+        let fp = super::fingerprint::fingerprint(id, &labels);
         let known = self.book.state(&fp).is_some_and(|s| s != AlertState::Resolved);
         if active || known {
             self.signal(now_ns, id, rule, labels, active, summary, None, None);

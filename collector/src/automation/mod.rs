@@ -14,6 +14,8 @@
 //! - [`detect`]: per-series anomaly detection (robust z-score, CUSUM).
 //! - [`predict`]: trend fitting and time-to-limit with its interval.
 //! - [`monitor`]: detect + predict for one condition indicator, as the engine runs it.
+//! - [`fingerprint`]: the identity of an alert (a stable hash of its rule and labels).
+//! - [`muting`]: label matchers, silences and inhibit rules.
 //! - [`alerts`]: the alert lifecycle (pending, firing, resolved; ack, silence, inhibit, group).
 //! - [`notify`]: notification channels with a durable outbox.
 //! - [`commands`]: signed commands to agents and the audit log.
@@ -27,7 +29,9 @@ pub mod alerts;
 pub mod commands;
 pub mod detect;
 pub mod engine;
+pub mod fingerprint;
 pub mod monitor;
+pub mod muting;
 pub mod notify;
 pub mod predict;
 pub mod replay;
@@ -41,17 +45,20 @@ use std::{
 };
 
 use edgeloop_shared::{
+    atomic_file::{self, Access},
     batch::Batch,
+    clock::now_ns,
     model::{CommandAction, CommandResult},
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::{
-    alerts::{AlertBook, AlertView, AlertsConfig, Silence, SilenceView},
+    alerts::{AlertBook, AlertView, AlertsConfig},
     commands::{AuditLog, AuditRecord, AwaitingApproval, CommandError, Commander},
     engine::{Engine, EngineState},
-    notify::{ChannelStats, NotifierHandle},
+    muting::{Silence, SilenceView},
+    notify::NotifierHandle,
     rules::{Approval, CommandKind, FleetRules},
 };
 use crate::{config::AutomationConfig, fleet::Fleet};
@@ -81,10 +88,6 @@ pub struct Automation {
     state_dir: PathBuf,
     /// Stored batches the engine has taken.
     batches_seen: std::sync::atomic::AtomicU64,
-}
-
-pub fn now_ns() -> i64 {
-    crate::fleet::now_ns()
 }
 
 impl Automation {
@@ -149,10 +152,6 @@ impl Automation {
         self.commander.lock().await.public_key_hex()
     }
 
-    pub fn notifier_stats(&self) -> std::collections::BTreeMap<String, ChannelStats> {
-        self.notifier.stats()
-    }
-
     /// Stored batches the engine has evaluated since start.
     pub fn batches_seen(&self) -> u64 {
         self.batches_seen.load(std::sync::atomic::Ordering::Relaxed)
@@ -176,7 +175,7 @@ impl Automation {
         for (name, bytes) in [("alerts.json", book), ("series.json", state), ("approvals.json", approvals)] {
             match bytes {
                 Ok(b) => {
-                    if let Err(e) = crate::state_file::write_atomically(&self.state_dir.join(name), &b, false) {
+                    if let Err(e) = atomic_file::write(&self.state_dir.join(name), &b, Access::Default) {
                         tracing::error!(file = name, error = %e, "cannot save the automation state");
                     }
                 }
@@ -206,7 +205,7 @@ pub struct Inputs {
 pub fn start(
     config: &AutomationConfig,
     channels: std::collections::BTreeMap<String, notify::ChannelConfig>,
-    client: tokio::sync::watch::Receiver<Option<crate::ingest::client::Client>>,
+    client: crate::mqtt::Client,
     shutdown: CancellationToken,
 ) -> Result<Arc<Automation>, AutomationError> {
     let dir = &config.state_dir;

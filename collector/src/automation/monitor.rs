@@ -3,8 +3,8 @@
 //! steps (a drift the detector confirms) taken out of the trend's history, and at every closed
 //! bucket a forecast to the limit that must hold for `confirmations` buckets in a row before the
 //! predictive alert fires. The engine runs one per predict rule and series; the synthetic
-//! evaluation ([`super::synthetic::evaluate`]) runs the very same code, so the figures in
-//! BENCHMARKS.md are the product's.
+//! evaluation (`synthetic::evaluate`) runs the very same code with the very same tuning
+//! ([`detector_config`], [`trend_config`]), so the figures in BENCHMARKS.md are the product's.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,21 @@ use super::{
     detect::{DetectorConfig, SeriesDetector, Verdict},
     predict::{Forecast, Observed, TrendConfig, TrendEstimator},
 };
+
+/// The detector a predict rule runs on its condition indicator, tuned for readings every ~10
+/// minutes (velocity RMS, band energy): `alpha = 0.1` (~100 min memory) follows the daily load
+/// cycle closely enough that it does not read as a drift; one day of learning (144 readings)
+/// covers a full cycle; `min_sigma = 0.01 mm/s` is a typical sensor resolution.
+pub fn detector_config() -> DetectorConfig {
+    DetectorConfig { alpha: 0.1, learn_samples: 144, min_sigma: 0.01, ..DetectorConfig::default() }
+}
+
+/// The trend tuning the synthetic evaluation scores: the [`TrendConfig`] defaults (1 h buckets,
+/// 48 h window, 24 buckets minimum, Auto, 0.9 confidence, 0.995 significance). A predict rule
+/// sets its own bucket, window and confidence over them ([`MonitorParams::new`]).
+pub fn trend_config() -> TrendConfig {
+    TrendConfig::default()
+}
 
 /// How a predict rule turns forecasts into an alert.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -27,11 +42,11 @@ pub struct MonitorParams {
 }
 
 impl MonitorParams {
-    /// A predict rule's parameters over the tuned defaults ([`super::synthetic::detector_config`]).
+    /// A predict rule's parameters over the tuned defaults ([`detector_config`]).
     pub fn new(limit: f64, horizon_ns: i64, bucket_ns: i64, window_ns: i64, confidence: f64) -> Self {
         let window_buckets = (window_ns / bucket_ns.max(1)).clamp(4, 1024) as u32;
         Self {
-            detector: super::synthetic::detector_config(),
+            detector: detector_config(),
             trend: TrendConfig {
                 bucket_ns,
                 window_buckets,

@@ -99,7 +99,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::fleet::now_ns;
+use edgeloop_shared::clock::now_ns;
 
 use crate::model::{Alert, AlertState, GroupStatus, Notification, Prediction, Severity};
 use edgeloop_shared::{backoff::Backoff, units::HumanDuration};

@@ -298,19 +298,6 @@ impl Default for AlertPolicy {
     }
 }
 
-/// Detector tuning for this set's 10-minute sampling: `alpha = 0.1` (~100 min memory) follows the daily load
-/// cycle closely enough that it does not read as a drift; one day of learning covers a full cycle;
-/// `min_sigma = 0.01 mm/s` is a typical sensor resolution.
-pub fn detector_config() -> DetectorConfig {
-    DetectorConfig { alpha: 0.1, learn_samples: 144, min_sigma: 0.01, ..DetectorConfig::default() }
-}
-
-/// Trend tuning for this set: the [`TrendConfig`] defaults (1 h buckets, 48 h window, 24 buckets minimum, Auto,
-/// 0.9 confidence, 0.995 significance).
-pub fn trend_config() -> TrendConfig {
-    TrendConfig::default()
-}
-
 /// What happened on one machine.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct MachineOutcome {
@@ -357,7 +344,7 @@ pub struct Evaluation {
 ///
 /// Per reading: the detector judges it; a spike (glitch) is kept out of the trend, an upward drift to a baseline
 /// at or above `drift_min_level` is an anomaly alert, and every drift (either direction) is passed to
-/// [`TrendEstimator::shift_level`] so a load step is not extrapolated as a trend. Per closed bucket: `predict` at `limit`; the predictive alert
+/// [`super::predict::TrendEstimator::shift_level`] so a load step is not extrapolated as a trend. Per closed bucket: `predict` at `limit`; the predictive alert
 /// fires when `high_ns − now ≤ horizon` on `confirmations` consecutive closes, and re-arms once the condition
 /// clears. The latest plausible crossing is used, not the point estimate, because a forecast that is merely
 /// uncertain then cannot alert: only a trend whose *late* end is already close does.
@@ -466,6 +453,7 @@ fn evaluate_machine(
 
 #[cfg(test)]
 mod tests {
+    use super::super::monitor::{detector_config, trend_config};
     use super::*;
 
     #[test]

@@ -11,10 +11,13 @@
 
 use std::time::Duration;
 
-use edgeloop_shared::batch::Batch;
+use edgeloop_shared::{batch::Batch, secret::Secret};
 use reqwest::{StatusCode, header::RETRY_AFTER};
 
-use super::{StoreError, Written, line_protocol};
+use super::{
+    line_protocol,
+    outcome::{Refused, StoreError, Written},
+};
 use crate::config::{InfluxV1Config, InfluxV2Config};
 
 pub struct InfluxStore {
@@ -30,8 +33,8 @@ pub struct InfluxStore {
 
 enum Auth {
     None,
-    Basic { user: String, password: String },
-    Token(String),
+    Basic { user: String, password: Secret },
+    Token(Secret),
 }
 
 impl InfluxStore {
@@ -98,12 +101,19 @@ impl InfluxStore {
             Err(e) => return Err(e),
         };
         let lines: Vec<&str> = body.lines().collect();
+        let about: Vec<line_protocol::LineOf> = line_protocol::lines_of(batch).collect();
+        let refused = |i: usize, reason: String| Refused {
+            line: lines[i].to_owned(),
+            reason,
+            reading: matches!(about.get(i), Some(line_protocol::LineOf::Reading { .. })),
+            name: about.get(i).map_or("-", |a| a.name()).to_owned(),
+        };
         let mut rejected = Vec::new();
         // Ranges known to hold at least one refused line.
         let mut suspect = vec![(0, lines.len())];
         while let Some((lo, hi)) = suspect.pop() {
             if hi - lo == 1 {
-                rejected.push((lines[lo].to_owned(), first.clone()));
+                rejected.push(refused(lo, first.clone()));
                 continue;
             }
             let mid = lo + (hi - lo) / 2;
@@ -112,7 +122,7 @@ impl InfluxStore {
                 part.push('\n');
                 match self.post(part).await {
                     Ok(()) => {}
-                    Err(StoreError::Rejected(reason)) if b - a == 1 => rejected.push((lines[a].to_owned(), reason)),
+                    Err(StoreError::Rejected(reason)) if b - a == 1 => rejected.push(refused(a, reason)),
                     Err(StoreError::Rejected(_)) => suspect.push((a, b)),
                     Err(e) => return Err(e),
                 }
@@ -165,8 +175,8 @@ impl InfluxStore {
         };
         req = match &self.auth {
             Auth::None => req,
-            Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
-            Auth::Token(t) => req.header(reqwest::header::AUTHORIZATION, format!("Token {t}")),
+            Auth::Basic { user, password } => req.basic_auth(user, Some(password.expose())),
+            Auth::Token(t) => req.header(reqwest::header::AUTHORIZATION, format!("Token {}", t.expose())),
         };
         let resp = req
             .send()
@@ -270,8 +280,8 @@ impl InfluxStore {
         let mut req = self.http.get(&url).query(&query);
         req = match &self.auth {
             Auth::None => req,
-            Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
-            Auth::Token(t) => req.header(reqwest::header::AUTHORIZATION, format!("Token {t}")),
+            Auth::Basic { user, password } => req.basic_auth(user, Some(password.expose())),
+            Auth::Token(t) => req.header(reqwest::header::AUTHORIZATION, format!("Token {}", t.expose())),
         };
         let resp = req.send().await.map_err(|e| QueryError::Failed(format!("{url}: {e}")))?;
         let status = resp.status();

@@ -96,39 +96,29 @@ pub fn encode_alert(out: &mut String, measurement: &str, a: &crate::model::Alert
     let _ = writeln!(out, " {ts_ns}");
 }
 
-/// The value of tag `key` in a line this module wrote (as written, escapes left in), to name the
-/// agent and sensor of a refused point.
-pub fn tag_of<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    // The series key ends at the first space not escaped by a backslash.
-    let mut end = line.len();
-    let mut escaped = false;
-    for (i, c) in line.char_indices() {
-        match c {
-            '\\' if !escaped => escaped = true,
-            ' ' if !escaped => {
-                end = i;
-                break;
-            }
-            _ => escaped = false,
+/// What one line of [`encode_batch`] is about: the sensor of a reading, the subject of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineOf<'a> {
+    Reading { sensor: &'a str },
+    Event { subject: &'a str },
+}
+
+impl LineOf<'_> {
+    /// The sensor or the subject.
+    pub fn name(&self) -> &str {
+        match self {
+            LineOf::Reading { sensor } => sensor,
+            LineOf::Event { subject } => subject,
         }
     }
-    let series = &line[..end];
-    let needle = format!(",{key}=");
-    let start = series.find(&needle)? + needle.len();
-    let rest = &series[start..];
-    let mut stop = rest.len();
-    let mut escaped = false;
-    for (i, c) in rest.char_indices() {
-        match c {
-            '\\' if !escaped => escaped = true,
-            ',' if !escaped => {
-                stop = i;
-                break;
-            }
-            _ => escaped = false,
-        }
-    }
-    Some(&rest[..stop])
+}
+
+/// What each line [`encode_batch`] writes for `batch` is about, in the order it writes them (one
+/// line per point, then one per event), so a line the database refuses is named from the batch
+/// instead of being parsed back.
+pub fn lines_of(batch: &Batch) -> impl Iterator<Item = LineOf<'_>> {
+    let readings = batch.series.iter().flat_map(|s| s.points.iter().map(|_| LineOf::Reading { sensor: &s.sensor }));
+    readings.chain(batch.events.iter().map(|e| LineOf::Event { subject: &e.subject }))
 }
 
 fn push_tags(out: &mut String, tags: &[(String, String)]) {
@@ -220,11 +210,37 @@ mod tests {
     }
 
     #[test]
-    fn tags_are_read_back_from_a_line() {
-        let line = r"readings,agent=gw-1,sensor=press-3.temp,site=plant\ a value=1.5 1700";
-        assert_eq!(tag_of(line, "sensor"), Some("press-3.temp"));
-        assert_eq!(tag_of(line, "site"), Some(r"plant\ a"));
-        assert_eq!(tag_of(line, "agent"), Some("gw-1"));
-        assert_eq!(tag_of(line, "value"), None, "fields are not tags");
+    fn each_line_is_named_by_its_sensor_or_subject() {
+        let mut out = String::new();
+        let batch = Batch {
+            agent: "gw-1".into(),
+            seq: 0,
+            tags: vec![("site".into(), "plant a".into())],
+            series: vec![
+                Series { sensor: "press-3.temp".into(), points: vec![Point { ts_ns: 1, value: 1.5 }; 2] },
+                Series { sensor: "press 4".into(), points: vec![Point { ts_ns: 1, value: 2.5 }] },
+            ],
+            events: vec![Event {
+                ts_ns: 5,
+                kind: EventKind::Dropped { readings: 1 },
+                severity: Severity::Warning,
+                subject: "buffer".into(),
+                message: "two\nlines".into(),
+                values: vec![],
+            }],
+        };
+        encode_batch(&mut out, "readings", "events", &batch);
+        let named: Vec<LineOf> = lines_of(&batch).collect();
+        assert_eq!(out.lines().count(), named.len(), "one name per line written");
+        assert_eq!(
+            named,
+            [
+                LineOf::Reading { sensor: "press-3.temp" },
+                LineOf::Reading { sensor: "press-3.temp" },
+                LineOf::Reading { sensor: "press 4" },
+                LineOf::Event { subject: "buffer" },
+            ]
+        );
+        assert_eq!(named[2].name(), "press 4");
     }
 }

@@ -13,7 +13,7 @@ use std::{
 
 use edgeloop_shared::batch::Batch;
 
-use super::StoreError;
+use super::outcome::StoreError;
 
 pub struct LocalStore {
     db: sled::Db,

@@ -3,35 +3,17 @@
 //! - [`influx`]: InfluxDB over HTTP, v1 and v2 write APIs.
 //! - [`local`]: an embedded sled store, for the demo and for trying edgeloop without a database.
 //! - [`line_protocol`]: the InfluxDB line protocol encoder.
+//! - [`outcome`]: what a write comes back with (refused lines, errors), whichever store ran it.
 
 pub mod influx;
 pub mod line_protocol;
 pub mod local;
-
-use std::time::Duration;
+pub mod outcome;
 
 use edgeloop_shared::batch::Batch;
 
+pub use self::outcome::{Refused, StoreError, Written};
 use crate::config::StoreConfig;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// Worth retrying: the database is down, slow, overloaded or misconfigured on its side.
-    #[error("write failed, will retry: {reason}")]
-    Transient { reason: String, retry_after: Option<Duration> },
-    /// The database refused the data itself; retrying cannot help.
-    #[error("write refused: {0}")]
-    Rejected(String),
-    #[error("{0}")]
-    Setup(String),
-}
-
-/// What a write left out: lines the database refused one by one, the rest of the batch stored.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Written {
-    /// Each refused line (as sent) with the database's reason.
-    pub rejected: Vec<(String, String)>,
-}
 
 pub enum Store {
     Influx(influx::InfluxStore),

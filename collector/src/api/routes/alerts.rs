@@ -3,14 +3,18 @@
 use axum::{Extension, Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 
+use edgeloop_shared::clock::now_ns;
+
 use crate::{
     api::{
-        ApiError, ApiState, Caller,
+        auth::Caller,
+        error::ApiError,
         extract::{Body, P, Q},
+        state::ApiState,
     },
     automation::{
-        alerts::{AlertError, AlertView, Matcher, Silence, SilenceView},
-        now_ns,
+        alerts::{AlertError, AlertView},
+        muting::{Matcher, Silence, SilenceView},
     },
     model::AlertState,
 };

@@ -13,10 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     api::{
-        ApiError, ApiState, Caller, Role,
-        error::ProblemView,
+        auth::{Caller, Role},
+        error::{ApiError, ProblemView},
         extract::{Body, P, Q},
-        table::{Required, forbidden},
+        route::{Required, forbidden},
+        state::ApiState,
     },
     automation::commands::{AuditRecord, AwaitingApproval, CommandError},
 };
@@ -24,7 +25,7 @@ use crate::{
 impl From<CommandError> for ApiError {
     fn from(e: CommandError) -> Self {
         match e {
-            CommandError::NoKey | CommandError::NotConnected => ApiError::Unavailable(e.to_string()),
+            CommandError::NoKey => ApiError::Unavailable(e.to_string()),
             CommandError::BadAgent(_) => ApiError::BadRequest(e.to_string()),
             CommandError::UnknownApproval(_) => ApiError::NotFound(e.to_string()),
             CommandError::Send(_) => {

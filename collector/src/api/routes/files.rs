@@ -1,5 +1,5 @@
-//! What needs no token: the OpenAPI document, the dashboard (embedded at build time),
-//! `/metrics` and `/fleet` (as `crate::metrics` has always served them).
+//! What needs no token: the dashboard (embedded at build time), `/metrics` and `/fleet` (as
+//! `crate::metrics` has always served them). The OpenAPI document is the route table's own.
 
 use axum::{
     extract::State,
@@ -7,14 +7,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::api::{ApiState, openapi};
+use crate::api::state::ApiState;
 
 fn file(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
-}
-
-pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], openapi::document().to_string()).into_response()
 }
 
 pub async fn index() -> Response {

@@ -5,12 +5,16 @@ use std::collections::HashMap;
 use axum::{Extension, Json, extract::State};
 use serde::{Deserialize, Serialize};
 
+use edgeloop_shared::clock::now_ns;
+
 use crate::{
     api::{
-        ApiError, ApiState, Caller,
+        auth::Caller,
+        error::ApiError,
         extract::{P, Q},
+        state::ApiState,
     },
-    fleet::{AgentView, now_ns},
+    fleet::AgentView,
     live::{EventRecord, downsample},
     model::AlertState,
     store::Store,

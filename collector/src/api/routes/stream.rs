@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::{ApiError, ApiState, extract::Q, routes::fleet::summaries};
+use crate::api::{error::ApiError, extract::Q, routes::fleet::summaries, state::ApiState};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,9 +4,10 @@ use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    ApiError, ApiState, Role,
-    auth::TokenError,
+    auth::{Role, TokenError},
+    error::ApiError,
     extract::{Body, P},
+    state::ApiState,
 };
 
 impl From<TokenError> for ApiError {
@@ -49,7 +50,8 @@ pub struct TokenRequest {
     role: Role,
 }
 
-#[derive(Debug, Serialize)]
+// No `Debug`: it carries a live token, which must never reach a log.
+#[derive(Serialize)]
 pub struct TokenCreated {
     name: String,
     role: Role,

@@ -1,15 +1,20 @@
 //! The collector's MQTT connection, in either protocol version: MQTT 3.1.1 (the embedded broker,
 //! and any site broker) or MQTT 5 (a site broker: shared subscriptions are part of the standard
 //! there, and a persistent session has an expiry instead of living forever). Both are rumqttc;
-//! this module gives the ingest one client, one message and one event type over the two.
+//! this module gives the collector one client, one message and one event type over the two.
+//!
+//! The connection is made once, in [`crate::start`]: the ingest drives its event loop and consumes
+//! on it, the automation's commander publishes commands to agents through a clone of its client.
 
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::{QoS as QoS5, v5 as p5};
 
+use edgeloop_shared::secret::Secret;
+
 use crate::config::MqttVersion;
 
-/// How the ingest connects.
+/// How a connection is made.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub version: MqttVersion,
@@ -17,7 +22,7 @@ pub struct ConnectOptions {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Keep the session (and the broker's queue for it) while disconnected.
     pub persistent: bool,
     pub manual_acks: bool,
@@ -49,7 +54,7 @@ pub enum Message {
     V5(p5::Publish),
 }
 
-/// What the ingest cares about from the connection.
+/// What the collector cares about from the connection.
 #[allow(clippy::large_enum_variant)] // a message is the common case, not the exception
 pub enum Incoming {
     ConnAck { session_present: bool },
@@ -73,14 +78,6 @@ impl Message {
             Message::V5(p) => &p.payload,
         }
     }
-
-    /// Delivered at QoS 0 (no ack expected).
-    pub fn at_most_once(&self) -> bool {
-        match self {
-            Message::V4(p) => p.qos == rumqttc::QoS::AtMostOnce,
-            Message::V5(p) => p.qos == QoS5::AtMostOnce,
-        }
-    }
 }
 
 pub fn connect(o: &ConnectOptions) -> (Client, EventLoop) {
@@ -93,7 +90,7 @@ pub fn connect(o: &ConnectOptions) -> (Client, EventLoop) {
                 .set_inflight(o.max_in_flight.max(1))
                 .set_max_packet_size(MAX_INCOMING, 1 << 20);
             if let (Some(u), Some(p)) = (&o.username, &o.password) {
-                opts.set_credentials(u, p);
+                opts.set_credentials(u, p.expose());
             }
             let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, o.channel_capacity);
             let mut net = rumqttc::NetworkOptions::new();
@@ -112,7 +109,7 @@ pub fn connect(o: &ConnectOptions) -> (Client, EventLoop) {
                 .set_receive_maximum(Some(o.max_in_flight.max(1)))
                 .set_max_packet_size(Some(MAX_INCOMING as u32));
             if let (Some(u), Some(p)) = (&o.username, &o.password) {
-                opts.set_credentials(u, p);
+                opts.set_credentials(u, p.expose());
             }
             let mut net = rumqttc::NetworkOptions::new();
             net.set_tcp_nodelay(true);

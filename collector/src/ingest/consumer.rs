@@ -13,11 +13,11 @@ use std::{
     time::Duration,
 };
 
-use super::client::{self, Client, ConnectOptions, Incoming, Message};
 use edgeloop_shared::{
     backoff::Backoff,
     batch::Batch,
     model::{Ack, AckStatus, CommandResult, Presence, from_wire, to_wire},
+    secret::Secret,
     topic::{self, Channel},
 };
 use tokio::sync::{mpsc, watch};
@@ -25,13 +25,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::dedup::Dedup;
 use crate::{
-    fleet,
     fleet::Fleet,
-    store::{Written, line_protocol},
-};
-use crate::{
+    live::Live,
+    mqtt::{self, Client, ConnectOptions, EventLoop, Incoming, Message},
     stats::CollectorStats,
-    store::{Store, StoreError},
+    store::{Store, StoreError, Written},
 };
 
 #[derive(Debug, Clone)]
@@ -39,7 +37,7 @@ pub struct IngestSettings {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub client_id: String,
     pub version: crate::config::MqttVersion,
     /// Consume through `$share/<group>/...` (several collectors split the load).
@@ -49,18 +47,39 @@ pub struct IngestSettings {
     pub write: WriteBounds,
 }
 
-/// Where the ingest hands what it has stored (and the agents' command results) on to the
-/// automation. Bounded: when the automation falls behind, the ingest waits for it, and the
-/// agents keep their batches until it catches up (backpressure, nothing skipped).
-#[derive(Clone)]
-pub struct Tap {
-    /// The recent window the API and the dashboard show.
-    pub live: Arc<crate::live::Live>,
-    /// The automation, when it runs.
+impl IngestSettings {
+    /// The ingest's own connection. [`crate::start`] makes it, so that the automation's commander
+    /// can publish on it too (the ingest drives its event loop).
+    pub fn connection(&self) -> ConnectOptions {
+        ConnectOptions {
+            version: self.version,
+            client_id: self.client_id.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            username: self.username.clone(),
+            password: self.password.clone(),
+            // A persistent session lets the broker queue batches while this collector restarts. Not
+            // in a shared group: there a dead member's session would keep taking its share of the
+            // batches into a queue nobody reads until it expires; with a clean session the broker
+            // drops the member at once and the agents' re-sends go to the survivors.
+            persistent: self.shared_group.is_none(),
+            manual_acks: true,
+            max_in_flight: self.max_in_flight,
+            channel_capacity: 1024,
+        }
+    }
+}
+
+/// Where the ingest sends on what it has stored and what the agents reported: the recent window
+/// the API shows, and the automation's inputs when it runs. Bounded: when the automation falls
+/// behind, the ingest waits for it, and the agents keep their batches until it catches up
+/// (backpressure, nothing skipped).
+pub struct Outputs {
+    pub live: Arc<Live>,
+    /// Every batch once stored.
     pub stored: Option<mpsc::Sender<Arc<Batch>>>,
+    /// The agents' command results.
     pub results: Option<mpsc::Sender<CommandResult>>,
-    /// Receives the ingest's MQTT client, for publishing commands to agents.
-    pub client: watch::Sender<Option<Client>>,
 }
 
 /// What became of one message.
@@ -70,37 +89,20 @@ enum Outcome {
     Drop,
 }
 
-/// Runs the consumer until `shutdown`. `consuming` turns true once the broker has confirmed the
-/// telemetry subscription (and false while the connection is down).
+/// Runs the consumer on `connection` (made from [`IngestSettings::connection`]) until `shutdown`.
+/// `consuming` turns true once the broker has confirmed the telemetry subscription (and false
+/// while the connection is down).
+#[allow(clippy::too_many_arguments)] // the stage's inputs, outputs and shared registries, named
 pub async fn run(
     settings: IngestSettings,
+    (client, mut eventloop): (Client, EventLoop),
     store: Arc<Store>,
     stats: Arc<CollectorStats>,
     fleet: Arc<Fleet>,
     consuming: watch::Sender<bool>,
-    tap: Option<Tap>,
+    mut outputs: Outputs,
     shutdown: CancellationToken,
 ) {
-    let (client, mut eventloop) = client::connect(&ConnectOptions {
-        version: settings.version,
-        client_id: settings.client_id.clone(),
-        host: settings.host.clone(),
-        port: settings.port,
-        username: settings.username.clone(),
-        password: settings.password.clone(),
-        // A persistent session lets the broker queue batches while this collector restarts. Not
-        // in a shared group: there a dead member's session would keep taking its share of the
-        // batches into a queue nobody reads until it expires; with a clean session the broker
-        // drops the member at once and the agents' re-sends go to the survivors.
-        persistent: settings.shared_group.is_none(),
-        manual_acks: true,
-        max_in_flight: settings.max_in_flight,
-        channel_capacity: 1024,
-    });
-    if let Some(tap) = &tap {
-        tap.client.send_replace(Some(client.clone()));
-    }
-
     // The broker sends at most its in-flight limit of un-acked messages, so this never fills up.
     let (tx, mut rx) = mpsc::channel::<Message>(4096);
     let poll_client = client.clone();
@@ -118,17 +120,14 @@ pub async fn run(
     // (a broker sends a client one copy of a message however many of its subscriptions match, so
     // the ingest's own connection cannot hold both). Those copies are only evaluated, never stored
     // or acknowledged; this collector's share is stored as usual.
-    let whole_stream = settings.shared_group.is_some() && tap.as_ref().is_some_and(|t| t.stored.is_some());
+    let whole_stream = settings.shared_group.is_some() && outputs.stored.is_some();
     // Consuming once every connection has its subscriptions: the ingest's, and the whole
     // stream's when there is one.
     let ready = Arc::new(Readiness::new(if whole_stream { 2 } else { 1 }, consuming));
-    let tap = tap.map(|mut t| {
-        if whole_stream && let Some(automation) = t.stored.take() {
-            let feed = whole_stream_feed(settings.clone(), automation, stats.clone(), ready.clone(), shutdown.clone());
-            tokio::spawn(feed);
-        }
-        t
-    });
+    if whole_stream && let Some(automation) = outputs.stored.take() {
+        let feed = whole_stream_feed(settings.clone(), automation, stats.clone(), ready.clone(), shutdown.clone());
+        tokio::spawn(feed);
+    }
     let poll_ready = ready.clone();
     let version = settings.version;
     let poller = tokio::spawn(async move {
@@ -192,7 +191,7 @@ pub async fn run(
         if pipeline.len() >= bounds.concurrency.max(1) {
             let Some(mut oldest) = pipeline.pop_front() else { break };
             let result = (&mut oldest.task).await;
-            if !settle(oldest, result, &client, &stats, &fleet, &mut dedup, tap.as_ref()).await {
+            if !settle(oldest, result, &client, &stats, &fleet, &mut dedup, &outputs).await {
                 break 'messages;
             }
             continue;
@@ -202,7 +201,7 @@ pub async fn run(
             // Answer finished writes as soon as they finish, not when the next message comes.
             result = front_finished(&mut pipeline) => {
                 let Some(oldest) = pipeline.pop_front() else { continue };
-                if !settle(oldest, result, &client, &stats, &fleet, &mut dedup, tap.as_ref()).await {
+                if !settle(oldest, result, &client, &stats, &fleet, &mut dedup, &outputs).await {
                     break 'messages;
                 }
                 continue;
@@ -228,8 +227,7 @@ pub async fn run(
             points += points_of(&next);
             group.push(next);
         }
-        let prepared: Vec<Prepared> =
-            group.iter().map(|p| prepare(p, &stats, &fleet, &mut dedup, tap.as_ref())).collect();
+        let prepared: Vec<Prepared> = group.iter().map(|p| prepare(p, &stats, &fleet, &mut dedup, &outputs)).collect();
         let task = tokio::spawn(write_group(
             prepared,
             store.clone(),
@@ -280,7 +278,7 @@ async fn whole_stream_feed(
     ready: Arc<Readiness>,
     shutdown: CancellationToken,
 ) {
-    let (client, mut eventloop) = client::connect(&ConnectOptions {
+    let (client, mut eventloop) = mqtt::connect(&ConnectOptions {
         version: settings.version,
         client_id: format!("{}-automation", settings.client_id),
         host: settings.host.clone(),
@@ -364,7 +362,7 @@ async fn settle(
     stats: &CollectorStats,
     fleet: &Fleet,
     dedup: &mut Dedup,
-    tap: Option<&Tap>,
+    outputs: &Outputs,
 ) -> bool {
     let settled = match result {
         Ok(Some(s)) => s,
@@ -376,14 +374,12 @@ async fn settle(
             Prepared::Done(o) => o,
             Prepared::Stored { agent, batch, written } => {
                 let outcome = stored(&agent, &batch, &written, stats, fleet, dedup);
-                if let Some(tap) = tap {
-                    let batch = Arc::new(batch);
-                    tap.live.on_batch(&batch);
-                    if let Some(automation) = &tap.stored
-                        && automation.send(batch).await.is_err()
-                    {
-                        tracing::debug!("the automation has stopped");
-                    }
+                let batch = Arc::new(batch);
+                outputs.live.on_batch(&batch);
+                if let Some(automation) = &outputs.stored
+                    && automation.send(batch).await.is_err()
+                {
+                    tracing::debug!("the automation has stopped");
                 }
                 outcome
             }
@@ -436,11 +432,11 @@ enum Prepared {
 }
 
 /// Decodes and checks a message; status messages update the fleet registry.
-fn prepare(publish: &Message, stats: &CollectorStats, fleet: &Fleet, dedup: &mut Dedup, tap: Option<&Tap>) -> Prepared {
+fn prepare(publish: &Message, stats: &CollectorStats, fleet: &Fleet, dedup: &mut Dedup, outputs: &Outputs) -> Prepared {
     if let Some((agent, Channel::Result)) = topic::parse(publish.topic()) {
         match from_wire::<CommandResult>(publish.payload()) {
             Ok(r) if r.agent == agent => {
-                if let Some(results) = tap.and_then(|t| t.results.as_ref())
+                if let Some(results) = &outputs.results
                     && results.try_send(r).is_err()
                 {
                     tracing::warn!(agent, "command result dropped: the automation is not keeping up");
@@ -567,19 +563,16 @@ fn stored(
 ) -> Outcome {
     dedup.record(agent, batch.seq);
     let points = batch.point_count() as u32;
-    // Readings carry a `sensor` tag, events a `subject`.
-    let refused = written.rejected.iter().filter(|(l, _)| line_protocol::tag_of(l, "sensor").is_some()).count() as u32;
-    for (line, reason) in &written.rejected {
-        let sensor =
-            line_protocol::tag_of(line, "sensor").or_else(|| line_protocol::tag_of(line, "subject")).unwrap_or("-");
-        tracing::error!(agent, sensor, seq = batch.seq, %reason, line = %line.chars().take(200).collect::<String>(), "database refused a point; the rest of the batch is stored");
+    let refused = written.rejected.iter().filter(|r| r.reading).count() as u32;
+    for r in &written.rejected {
+        tracing::error!(agent, sensor = %r.name, seq = batch.seq, reason = %r.reason, line = %r.line.chars().take(200).collect::<String>(), "database refused a point; the rest of the batch is stored");
     }
     stats.points_rejected.fetch_add(written.rejected.len() as u64, Relaxed);
     let kept = u64::from(points.saturating_sub(refused));
     stats.stored(agent, batch.seq, kept);
     let newest = batch.series.iter().filter_map(|s| s.points.last()).map(|p| p.ts_ns).max();
     if let Some(ts) = newest {
-        stats.latency.observe((fleet::now_ns() - ts) as f64 / 1e9);
+        stats.latency.observe((edgeloop_shared::clock::now_ns() - ts) as f64 / 1e9);
     }
     fleet.on_stored(agent, kept, newest);
     Outcome::Ack {
