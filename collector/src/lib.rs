@@ -154,12 +154,12 @@ async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> R
         BrokerConfig::Embedded(cfg) => {
             let internal = (!cfg.users.is_empty()).then(|| broker::Internal {
                 user: format!("{}-internal", ing.client_id),
-                password: random_secret(),
+                password: Secret::from(random_secret()),
                 client_id: ing.client_id.clone(),
             });
             let handle = broker::start(cfg, internal.clone()).await?;
             let (host, port) = (handle.connect_addr.ip().to_string(), handle.connect_addr.port());
-            let (u, p) = internal.map(|i| (i.user, Secret::from(i.password))).unzip();
+            let (u, p) = internal.map(|i| (i.user, i.password)).unzip();
             (Some(handle), host, port, u, p)
         }
         BrokerConfig::External(cfg) => (None, cfg.host.clone(), cfg.port, cfg.username.clone(), cfg.password.clone()),

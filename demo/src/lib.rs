@@ -545,7 +545,7 @@ fn totals(id: &str, agent: &edgeloop_agent::Agent, collector: &edgeloop_collecto
 
 fn age(ts_ns: Option<i64>) -> String {
     let Some(ts) = ts_ns else { return "-".into() };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64);
+    let now = edgeloop_shared::clock::now_ns();
     format!("{:.0}s ago", (now - ts).max(0) as f64 / 1e9)
 }
 

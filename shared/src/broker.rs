@@ -18,7 +18,7 @@ use std::{
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings, TlsConfig};
 use serde::Deserialize;
 
-use crate::units::ByteSize;
+use crate::{secret::Secret, units::ByteSize};
 
 /// Config of an embedded broker (the `[broker]` table of the collector, `broker` of an MQTT source).
 #[derive(Debug, Clone, Deserialize)]
@@ -32,7 +32,7 @@ pub struct EmbeddedBroker {
     /// Client credentials (user → password). Without any, the broker accepts every client.
     /// With them, a client must log in as the user its client id names: an agent connects as
     /// itself (client id = agent id = user) or not at all.
-    pub users: BTreeMap<String, String>,
+    pub users: BTreeMap<String, Secret>,
     /// Serve MQTT over TLS on `listen`. The collector's own client then uses a plain listener
     /// of its own on loopback.
     pub tls: Option<BrokerTls>,
@@ -87,7 +87,7 @@ impl BrokerHandle {
 #[derive(Debug, Clone)]
 pub struct Internal {
     pub user: String,
-    pub password: String,
+    pub password: Secret,
     pub client_id: String,
 }
 
@@ -106,12 +106,12 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<Internal>) -> Result<B
     let auth: Option<rumqttd::AuthHandler> = if cfg.users.is_empty() {
         None
     } else {
-        let users: Arc<HashMap<String, String>> = Arc::new(cfg.users.clone().into_iter().collect());
+        let users: Arc<HashMap<String, Secret>> = Arc::new(cfg.users.clone().into_iter().collect());
         let internal = internal.clone();
         Some(Arc::new(move |client_id: String, user: String, pass: String| {
             let ok = match &internal {
-                Some(i) if i.user == user => i.password == pass,
-                _ => client_id == user && users.get(&user).is_some_and(|p| *p == pass),
+                Some(i) if i.user == user => i.password.expose() == pass,
+                _ => client_id == user && users.get(&user).is_some_and(|p| p.expose() == pass),
             };
             if !ok {
                 tracing::warn!(client_id, user, "broker refused a login");
@@ -194,7 +194,7 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<Internal>) -> Result<B
         }
         attempt += 1;
         let tls_up = cfg.tls.is_none() || tokio::net::TcpStream::connect(local(addr)).await.is_ok();
-        let login = internal.as_ref().map(|i| (i.user.clone(), i.password.clone()));
+        let login = internal.as_ref().map(|i| (i.user.clone(), i.password.expose().to_owned()));
         if tls_up && mqtt_handshake(connect_addr, login.as_ref(), attempt).await.is_ok() {
             break;
         }

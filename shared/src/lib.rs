@@ -17,7 +17,7 @@
 //! - [`model`] (`alloc`): reading, event, command (signed, and its result) and ack.
 //! - [`batch`] (`alloc`): the uplink batch an agent sends to the collector, and its versioned wire format.
 //! - [`codec`] (`alloc`): compact columnar encoding of one sensor's points (predicted, bit-packed).
-//! - `secret` (feature `config`): credentials that redact themselves in `Debug`.
+//! - `secret` (`std`): credentials that redact themselves in `Debug`.
 //! - [`units`]: human-readable durations and sizes for config files (`"250ms"`, `"64MiB"`).
 //! - [`topic`]: the versioned MQTT topic scheme `edgeloop/v1/{agent}/{channel}`.
 #![cfg_attr(not(any(feature = "std", test)), no_std)]
@@ -40,7 +40,7 @@ pub mod frame;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod id;
-#[cfg(feature = "config")]
+#[cfg(feature = "std")]
 pub mod secret;
 pub mod topic;
 pub mod units;

@@ -61,10 +61,6 @@ fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64
-}
-
 /// One MQTT client speaking for `agents`: status every 2 s, a reading per sensor every second.
 async fn simulate(broker: std::net::SocketAddr, client_no: usize, agents: Vec<String>, stop: Arc<AtomicBool>) {
     let mut opts = MqttOptions::new(format!("bench-sim-{client_no}"), broker.ip().to_string(), broker.port());
@@ -80,7 +76,7 @@ async fn simulate(broker: std::net::SocketAddr, client_no: usize, agents: Vec<St
         tick.tick().await;
         round += 1;
         seq += 1;
-        let ts = now_ns();
+        let ts = edgeloop_shared::clock::now_ns();
         for (i, agent) in agents.iter().enumerate() {
             if round % 2 == (i % 2) as u64 || round == 1 {
                 let report = AgentReport {
@@ -123,9 +119,9 @@ async fn main() {
     harness::init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let admin = format!("el_{}", sha256_hex(&format!("bench-{}", now_ns())));
+    let admin = format!("el_{}", sha256_hex(&format!("bench-{}", edgeloop_shared::clock::now_ns())));
     let tokens = serde_json::json!({ "tokens": [
-        { "name": "bench", "role": "admin", "sha256": sha256_hex(&admin), "created_ns": now_ns() }
+        { "name": "bench", "role": "admin", "sha256": sha256_hex(&admin), "created_ns": edgeloop_shared::clock::now_ns() }
     ]});
     std::fs::write(d.join("tokens.json"), tokens.to_string()).unwrap();
     let toml = format!(

@@ -347,7 +347,7 @@ async fn the_uplink_runs_over_tls_and_each_agent_logs_in_as_itself() {
     let mut config = harness::collector_config(([127, 0, 0, 1], 0).into(), v1(&influx.url));
     let edgeloop_collector::config::BrokerConfig::Embedded(broker) = &mut config.broker else { unreachable!() };
     broker.tls = Some(edgeloop_shared::broker::BrokerTls { cert: pki.cert.clone(), key: pki.key.clone() });
-    broker.users = [("gw-tls".to_string(), "s3cret".to_string()), ("gw-other".to_string(), "other".to_string())].into();
+    broker.users = [("gw-tls".to_string(), "s3cret".into()), ("gw-other".to_string(), "other".into())].into();
     let collector = edgeloop_collector::start(&config, stop.clone()).await.unwrap();
     let port = collector.broker_addr().unwrap().port();
 
@@ -397,7 +397,7 @@ async fn an_agent_cannot_write_as_another_or_forge_its_acks() {
     let store = StoreConfig::Local(edgeloop_collector::config::LocalStoreConfig { path: dir.path().join("store") });
     let mut config = harness::collector_config(([127, 0, 0, 1], 0).into(), store);
     let edgeloop_collector::config::BrokerConfig::Embedded(broker) = &mut config.broker else { unreachable!() };
-    broker.users = [("gw-victim".to_string(), "v".to_string()), ("gw-evil".to_string(), "e".to_string())].into();
+    broker.users = [("gw-victim".to_string(), "v".into()), ("gw-evil".to_string(), "e".into())].into();
     let collector = edgeloop_collector::start(&config, CancellationToken::new()).await.unwrap();
     let addr = collector.broker_addr().unwrap();
     let client = |id: &str, pass: &str| {

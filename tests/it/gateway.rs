@@ -30,7 +30,7 @@ async fn the_aarch64_agent_under_qemu_forwards_over_tls_into_influxdb() {
         harness::collector_config(([127, 0, 0, 1], 0).into(), crate::harness::influxdb::v1_store(&influx.url));
     let BrokerConfig::Embedded(broker) = &mut config.broker else { unreachable!() };
     broker.tls = Some(edgeloop_shared::broker::BrokerTls { cert: pki.cert.clone(), key: pki.key.clone() });
-    broker.users = [("gw-arm".to_string(), "arm-secret".to_string())].into();
+    broker.users = [("gw-arm".to_string(), "arm-secret".into())].into();
     let stop = CancellationToken::new();
     let collector = edgeloop_collector::start(&config, stop.clone()).await.unwrap();
     let port = collector.broker_addr().unwrap().port();
