@@ -15,6 +15,7 @@
 //! - [`fleet`]: the fleet registry (every agent's presence and last report, persisted).
 //! - [`api`]: the HTTP API (tokens, roles, OpenAPI), the dashboard, `/metrics` and `/fleet`.
 //! - [`model`]: what store, automation, notify and api share: alerts, notification groups, predictions.
+//! - [`notify`]: after automation: webhook, Slack, PagerDuty and e-mail channels behind a durable outbox.
 //! - [`metrics`]: Prometheus `/metrics` and `/fleet` (JSON).
 //! - [`stats`]: the collector's counters and histograms.
 //! - [`state_file`]: crash-safe writes of the collector's state files.
@@ -27,6 +28,7 @@ pub mod ingest;
 pub mod live;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod state_file;
 pub mod stats;
 pub mod store;

@@ -15,7 +15,6 @@
 //! - [`predict`]: trend fitting and time-to-limit with its interval.
 //! - [`monitor`]: detect + predict for one condition indicator, as the engine runs it.
 //! - [`alerts`]: the alert lifecycle (pending, firing, resolved; ack, silence, inhibit, group).
-//! - [`notify`]: notification channels with a durable outbox.
 //! - [`commands`]: signed commands to agents and the audit log.
 //! - [`replay`]: a recording through the fleet rules in simulated time (`rules test`).
 //! - [`synthetic`]: the synthetic run-to-failure set the tests and benchmarks score against.
@@ -28,7 +27,6 @@ pub mod commands;
 pub mod detect;
 pub mod engine;
 pub mod monitor;
-pub mod notify;
 pub mod predict;
 pub mod replay;
 pub mod rules;
@@ -51,10 +49,13 @@ use self::{
     alerts::{AlertBook, AlertView, AlertsConfig, Silence, SilenceView},
     commands::{AuditLog, AuditRecord, AwaitingApproval, CommandError, Commander},
     engine::{Engine, EngineState},
-    notify::{ChannelStats, NotifierHandle},
     rules::{Approval, CommandKind, FleetRules},
 };
-use crate::{config::AutomationConfig, fleet::Fleet};
+use crate::{
+    config::AutomationConfig,
+    fleet::Fleet,
+    notify::{self, ChannelStats, NotifierHandle},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AutomationError {
