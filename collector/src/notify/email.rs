@@ -322,3 +322,216 @@ async fn transaction(
     conn.message(message).await.map_err(|e| SmtpFailure::new("end of DATA", &e))?;
     Ok((!refused.is_empty()).then(|| format!("some recipients were refused: {}", refused.join("; "))))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::testing::{fast, notification, start, wait_for};
+    use crate::notify::{ChannelConfig, Rendered, example_notification, render, validate};
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::TcpListener;
+    use tokio::sync::mpsc;
+
+    /// A scripted SMTP server without TLS that offers AUTH in the clear (so a client that would
+    /// send credentials without TLS would be caught); sends the dialogue (client lines) and the
+    /// raw DATA of each session. `mail_reply` answers MAIL FROM.
+    async fn smtp_receiver(mail_reply: &'static str) -> (u16, mpsc::UnboundedReceiver<(Vec<String>, String)>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mut s = BufReader::new(stream);
+                let mut dialogue = Vec::new();
+                let mut data = String::new();
+                s.get_mut().write_all(b"220 test ESMTP ready\r\n").await.unwrap();
+                loop {
+                    let mut line = String::new();
+                    if s.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    let line = line.trim_end_matches("\r\n").to_string();
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &str = if upper.starts_with("EHLO") {
+                        "250-test.local greets you\r\n250-8BITMIME\r\n250 AUTH LOGIN PLAIN\r\n"
+                    } else if upper.starts_with("AUTH") {
+                        "235 2.7.0 authenticated\r\n"
+                    } else if upper.starts_with("MAIL") {
+                        mail_reply
+                    } else if upper.starts_with("RCPT") && upper.contains("NOBODY@") {
+                        "550 5.1.1 no such user\r\n"
+                    } else if upper == "DATA" {
+                        s.get_mut().write_all(b"354 go ahead\r\n").await.unwrap();
+                        loop {
+                            let mut l = String::new();
+                            s.read_line(&mut l).await.unwrap();
+                            if l == ".\r\n" {
+                                break;
+                            }
+                            data.push_str(&l);
+                        }
+                        "250 2.0.0 queued as 42\r\n"
+                    } else if upper == "QUIT" {
+                        "221 bye\r\n"
+                    } else {
+                        "250 ok\r\n"
+                    };
+                    dialogue.push(line);
+                    s.get_mut().write_all(reply.as_bytes()).await.unwrap();
+                    if upper == "QUIT" {
+                        break;
+                    }
+                }
+                let _ = tx.send((dialogue, data));
+            }
+        });
+        (port, rx)
+    }
+
+    /// A plain-text relay channel (no credentials: those need TLS).
+    fn smtp(port: u16, to: &[&str]) -> ChannelConfig {
+        fast(
+            serde_json::from_value(json!({"kind": "smtp", "host": "127.0.0.1", "port": port, "tls": "none",
+                "from": "alerts@plant.example", "to": to}))
+            .unwrap(),
+        )
+    }
+
+    fn rendered(c: &ChannelConfig, n: &Notification) -> String {
+        let Rendered::Email { message } = render(c, n).unwrap() else { panic!("smtp renders e-mail") };
+        message
+    }
+
+    #[tokio::test]
+    async fn smtp_dialogue_and_dot_stuffing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, mut rx) = smtp_receiver("250 ok\r\n").await;
+        let config = smtp(port, &["maint@plant.example", "nobody@plant.example", "lead@plant.example"]);
+        let (notifier, _shutdown) = start(vec![("mail", config)], dir.path());
+        let mut n = notification(&["mail"]);
+        n.alerts[0].summary = ".5 mm/s over the limit on the drive end".to_string();
+        notifier.send(&n).unwrap();
+
+        let (dialogue, data) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(
+            dialogue,
+            [
+                "EHLO edgeloop",
+                "MAIL FROM:<alerts@plant.example>",
+                "RCPT TO:<maint@plant.example>",
+                "RCPT TO:<nobody@plant.example>",
+                "RCPT TO:<lead@plant.example>",
+                "DATA",
+                "QUIT",
+            ]
+        );
+        let segments: Vec<&str> = data.split('\n').collect();
+        assert!(segments[..segments.len() - 1].iter().all(|l| l.ends_with('\r')), "CRLF line endings");
+        assert!(data.contains("\r\n..5 mm/s over the limit on the drive end\r\n"), "dot-stuffed: {data}");
+        for header in [
+            "Subject: [FIRING:1] bearing_zone_d on plant-a/press-3\r\n",
+            "Date: Thu, 09 Oct 2025 08:53:20 +0000\r\n",
+            "From: alerts@plant.example\r\n",
+            "Message-ID: <bearing_zone_d/plant-a/press-3#1.edgeloop@plant.example>\r\n",
+            "MIME-Version: 1.0\r\n",
+            "Content-Type: text/plain; charset=utf-8\r\n",
+            "Content-Transfer-Encoding: quoted-printable\r\n",
+        ] {
+            assert!(data.contains(header), "{header:?} missing from {data}");
+        }
+        assert!(data.contains("(in about 30 h, 20=E2=80=9345 h)"), "the en dash is quoted-printable");
+        assert!(data.lines().all(|l| l.len() <= 78));
+
+        wait_for("delivery", || notifier.stats()["mail"].delivered == 1).await;
+        let stats = &notifier.stats()["mail"];
+        assert!(stats.last_error.as_deref().unwrap().contains("nobody@plant.example: server replied 550"));
+    }
+
+    #[tokio::test]
+    async fn an_smtp_failure_names_the_step_and_the_reply() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, _rx) = smtp_receiver("550 5.7.1 relaying denied\r\n").await;
+        let (notifier, _shutdown) = start(vec![("mail", smtp(port, &["maint@plant.example"]))], dir.path());
+        notifier.send(&notification(&["mail"])).unwrap();
+        wait_for("refusal", || notifier.stats()["mail"].refused == 1).await;
+        let error = notifier.stats()["mail"].last_error.clone().unwrap();
+        assert_eq!(error, "SMTP MAIL FROM failed: server replied 550 5.7.1 relaying denied");
+    }
+
+    /// The default, `tls = "starttls"`, against a server that does not offer it: not even the
+    /// credentials leave, the entry stays queued and the attempt counts as failed.
+    #[tokio::test]
+    async fn without_starttls_nothing_is_sent_and_the_entry_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, mut rx) = smtp_receiver("250 ok\r\n").await;
+        let config = fast(
+            serde_json::from_value(json!({"kind": "smtp", "host": "127.0.0.1", "port": port,
+                "from": "alerts@plant.example", "to": ["maint@plant.example"],
+                "username": "user", "password": "secret"}))
+            .unwrap(),
+        );
+        let (notifier, _shutdown) = start(vec![("mail", config)], dir.path());
+        notifier.send(&notification(&["mail"])).unwrap();
+        let (dialogue, data) = tokio::time::timeout(Duration::from_secs(3), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(dialogue, ["EHLO edgeloop", "QUIT"]);
+        assert!(data.is_empty());
+        wait_for("a failed attempt", || notifier.stats()["mail"].attempts_failed >= 1).await;
+        let stats = &notifier.stats()["mail"];
+        assert_eq!((stats.delivered, stats.refused, stats.pending), (0, 0, 1));
+        assert!(stats.last_error.as_deref().unwrap().starts_with("SMTP STARTTLS failed"), "{stats:?}");
+    }
+
+    #[test]
+    fn tls_config() {
+        let parse = |v: serde_json::Value| -> ChannelConfig { serde_json::from_value(v).unwrap() };
+        let base = json!({"kind": "smtp", "host": "mx.plant.example", "from": "a@b.c", "to": ["d@e.f"]});
+        let ChannelConfig::Smtp(s) = parse(base.clone()) else { panic!() };
+        assert_eq!((s.tls, s.port()), (SmtpTls::Starttls, 25));
+        let mut implicit = base.clone();
+        implicit["tls"] = json!("tls");
+        let ChannelConfig::Smtp(s) = parse(implicit) else { panic!() };
+        assert_eq!((s.tls, s.port()), (SmtpTls::Tls, 465));
+        let mut bad_tls = base.clone();
+        bad_tls["tls"] = json!("opportunistic");
+        assert!(serde_json::from_value::<ChannelConfig>(bad_tls).is_err());
+
+        let mut clear = base.clone();
+        clear["tls"] = json!("none");
+        clear["username"] = json!("user");
+        clear["password"] = json!("secret");
+        let mut missing_ca = base;
+        missing_ca["ca"] = json!("/nonexistent/ca.pem");
+        let problems = validate(&BTreeMap::from([
+            ("clear".to_string(), parse(clear)),
+            ("private".to_string(), parse(missing_ca)),
+        ]));
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let text = text.join("; ");
+        assert!(text.contains("notify.clear: password (and username) with tls = \"none\""), "{text}");
+        assert!(text.contains("notify.private: ca /nonexistent/ca.pem: cannot read it"), "{text}");
+        assert!(!text.contains("secret"), "{text}");
+    }
+
+    #[test]
+    fn encodings() {
+        let config = smtp(25, &["maint@plant.example"]);
+        let mut n = example_notification();
+        n.alerts[0].summary = format!("{} end \nx=1 ümlaut", "y".repeat(100));
+        let message = rendered(&config, &n);
+        let (head, body) = message.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("Date: Thu, 09 Oct 2025 08:53:20 +0000\r\n"), "{head}");
+        assert!(body.split("\r\n").all(|l| l.len() <= 76), "{body}");
+        assert!(body.contains("end=20\r\nx=3D1 =C3=BCmlaut"), "{body}");
+        assert!(message.is_ascii());
+
+        n.group_labels.insert("machine".into(), "Lüfter 3".into());
+        let message = rendered(&config, &n);
+        let subject = message.lines().find(|l| l.starts_with("Subject: ")).unwrap();
+        // RFC 2047, lettre's way: only the non-ASCII word, base64 ("plant-a/Lüfter").
+        assert_eq!(subject, "Subject: [FIRING:1] bearing_zone_d on =?utf-8?b?cGxhbnQtYS9Mw7xmdGVy?= 3");
+        assert!(message.is_ascii());
+        assert_eq!(header_safe("a\r\nBcc: x"), "a  Bcc: x");
+    }
+}
