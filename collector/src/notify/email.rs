@@ -203,6 +203,9 @@ struct SmtpFailure {
     step: String,
     detail: String,
     permanent: bool,
+    /// The connection must not be written to again: lettre leaves it without a stream after a
+    /// failed TLS upgrade, and a QUIT on it would hit lettre's "must never be built" assertion.
+    broken: bool,
 }
 
 impl SmtpFailure {
@@ -212,7 +215,7 @@ impl SmtpFailure {
             (Some(code), None) => format!("server replied {code}"),
             (None, _) => error_chain(e),
         };
-        SmtpFailure { step: step.into(), detail, permanent: e.is_permanent() }
+        SmtpFailure { step: step.into(), detail, permanent: e.is_permanent(), broken: false }
     }
 }
 
@@ -241,6 +244,7 @@ async fn send(c: &SmtpConfig, t: &SmtpTransport, message: &[u8]) -> Result<Optio
         Ok(_) => {
             let _ = conn.quit().await;
         }
+        Err(f) if f.broken => drop(conn),
         Err(_) => conn.abort().await,
     }
     result
@@ -267,6 +271,7 @@ async fn transaction(
                     conn.server_info()
                 ),
                 permanent: false,
+                broken: false,
             });
         }
         let Some(params) = t.tls.clone() else {
@@ -274,9 +279,12 @@ async fn transaction(
                 step: "STARTTLS".to_string(),
                 detail: "internal: no TLS parameters".to_string(),
                 permanent: true,
+                broken: false,
             });
         };
-        conn.starttls(params, &t.hello).await.map_err(|e| SmtpFailure::new("STARTTLS", &e))?;
+        conn.starttls(params, &t.hello)
+            .await
+            .map_err(|e| SmtpFailure { broken: true, ..SmtpFailure::new("STARTTLS", &e) })?;
     }
     if let Some(credentials) = &t.credentials {
         // Checked at start already (no credentials with tls = "none"); this keeps it true.
@@ -285,6 +293,7 @@ async fn transaction(
                 step: "AUTH".to_string(),
                 detail: "refusing to send credentials over an unencrypted connection".to_string(),
                 permanent: true,
+                broken: false,
             });
         }
         let Some(mechanism) = conn.server_info().get_auth_mechanism(&[Mechanism::Plain, Mechanism::Login]) else {
@@ -292,6 +301,7 @@ async fn transaction(
                 step: "AUTH".to_string(),
                 detail: format!("the server offers neither AUTH PLAIN nor LOGIN ({})", conn.server_info()),
                 permanent: true,
+                broken: false,
             });
         };
         // The step name, never the command, goes into errors: the command carries the password.
@@ -316,6 +326,7 @@ async fn transaction(
             step: "RCPT TO".to_string(),
             detail: format!("every recipient was refused: {}", refused.join("; ")),
             permanent: true,
+            broken: false,
         });
     }
     conn.command(Data).await.map_err(|e| SmtpFailure::new("DATA", &e))?;
