@@ -14,7 +14,6 @@ use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 
 use super::render::{human_time, machine_of, prediction_text, severity_word, title, truncate_chars, value_text};
-use super::webhook::error_chain;
 use super::{Outcome, SmtpConfig, SmtpTls};
 use crate::model::{AlertState, Notification};
 
@@ -95,13 +94,13 @@ fn tls_parameters(c: &SmtpConfig) -> Result<TlsParameters, String> {
     let mut builder = TlsParameters::builder(c.host.clone());
     if let Some(ca) = &c.ca {
         let pem = fs::read(ca).map_err(|e| format!("ca {}: cannot read it: {e}", ca.display()))?;
-        let cert = Certificate::from_pem(&pem)
-            .map_err(|e| format!("ca {}: not a PEM certificate: {}", ca.display(), error_chain(&e)))?;
+        let cert =
+            Certificate::from_pem(&pem).map_err(|e| format!("ca {}: not a PEM certificate: {e}", ca.display()))?;
         // A private CA is the relay's own: trusting the public roots too would only widen who can
         // pose as it.
         builder = builder.certificate_store(CertificateStore::None).add_root_certificate(cert);
     }
-    builder.build_rustls().map_err(|e| format!("cannot set up TLS for {}: {}", c.host, error_chain(&e)))
+    builder.build_rustls().map_err(|e| format!("cannot set up TLS for {}: {e}", c.host))
 }
 
 /// A bare `local@domain`: it goes into SMTP commands and headers unquoted.
@@ -213,7 +212,8 @@ impl SmtpFailure {
         let detail = match (e.status(), e.source()) {
             (Some(code), Some(text)) => format!("server replied {code} {text}"),
             (Some(code), None) => format!("server replied {code}"),
-            (None, _) => error_chain(e),
+            // lettre's message already ends with its cause ("network error: connection refused").
+            (None, _) => e.to_string(),
         };
         SmtpFailure { step: step.into(), detail, permanent: e.is_permanent(), broken: false }
     }

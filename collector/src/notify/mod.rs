@@ -4,12 +4,16 @@
 //!
 //! # Layout
 //! - [`config`]: [`ChannelConfig`] (`[notify.<id>]`, tagged by `kind`) and its validation.
-//! - [`render`]: what every channel shares: titles, summaries, alert lines, the generic JSON, templates.
-//! - [`webhook`]: HTTP delivery (also Slack's and PagerDuty's) and the generic webhook's body.
-//! - [`slack`], [`pagerduty`]: those services' bodies.
-//! - [`email`]: the message (lettre's builder) and its SMTP transaction (lettre, rustls).
+//! - [`render`](mod@render): what every channel shares: titles, summaries, the generic JSON, templates.
+//! - [`webhook`]: HTTP delivery (Slack's and PagerDuty's too) and the generic webhook's body.
+//! - [`slack`]: Slack's blocks.
+//! - [`pagerduty`]: PagerDuty Events v2 trigger and resolve.
+//! - [`email`]: the message (lettre's builder) and its SMTP transaction (lettre over rustls).
 //! - [`outbox`]: one file per (notification, channel) and one delivery task per channel.
-//! - here: [`Notifier::start`], [`NotifierHandle`] (send, stats), [`render`] for API previews.
+//! - `testing` (tests only): a scripted HTTP receiver and helpers the unit tests share.
+//!
+//! Here: [`Notifier::start`], [`NotifierHandle`] (send, stats) and [`render()`](fn@render), public
+//! for API previews.
 //!
 //! # Delivery guarantee
 //! [`NotifierHandle::send`] returns `Ok` only once the entry is on disk (temp file, fsync, rename,
@@ -44,7 +48,7 @@
 //! **Custom template** (`kind = "webhook"`, `template = "…"`): the template with these placeholders
 //! replaced (`{{ name }}` with spaces also works; an unknown name is a config error):
 //! `{{status}}` (`firing`/`resolved`), `{{group_key}}`, `{{summary}}` (the only alert's summary, or
-//! "N alerts: <rule> on <place>"), `{{count}}`, `{{alerts_text}}` (one line per alert: machine or
+//! `"N alerts: <rule> on <place>"`), `{{count}}`, `{{alerts_text}}` (one line per alert: machine or
 //! agent, sensor, value and limit, prediction), `{{dashboard_url}}` (the first alert's, or empty),
 //! `{{title}}` (as the Slack header), `{{json}}` (the generic JSON above). When `content_type` is
 //! JSON (`application/json` or `…+json`) every value is JSON-string-escaped without quotes, so it
