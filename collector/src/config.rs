@@ -22,7 +22,7 @@ pub struct CollectorConfig {
     pub automation: Option<AutomationConfig>,
     /// Notification channels by id, named by the fleet rules' `notify`.
     #[serde(default)]
-    pub notify: std::collections::BTreeMap<String, crate::automation::notify::ChannelConfig>,
+    pub notify: std::collections::BTreeMap<String, crate::notify::ChannelConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -28,7 +28,7 @@
 //! - [`fleet`]: the fleet registry (every agent's presence and last report, persisted).
 //! - [`live`]: what was just stored (recent windows, latest values, events), in memory for the API.
 //! - [`automation`]: fleet rules, anomaly detection and prediction, the alert book, commands to agents.
-//! - `notify`: notification channels and their durable outbox.
+//! - [`notify`]: after automation: webhook, Slack, PagerDuty and e-mail channels behind a durable outbox.
 //! - [`api`]: the HTTP API (tokens, roles, OpenAPI), the dashboard, `/metrics` and `/fleet`.
 //! - [`metrics`]: the Prometheus exposition of the collector's counters and the fleet.
 //! - [`stats`]: the collector's counters and histograms.
@@ -42,6 +42,7 @@ pub mod live;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;
+pub mod notify;
 pub mod stats;
 pub mod store;
 

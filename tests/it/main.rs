@@ -12,4 +12,5 @@ mod harness;
 mod node_sim;
 mod rules;
 mod skeleton;
+mod smtp;
 mod sources;

@@ -17,7 +17,6 @@
 //! - [`fingerprint`]: the identity of an alert (a stable hash of its rule and labels).
 //! - [`muting`]: label matchers, silences and inhibit rules.
 //! - [`alerts`]: the alert lifecycle (pending, firing, resolved; ack, silence, inhibit, group).
-//! - [`notify`]: notification channels with a durable outbox.
 //! - [`commands`]: signed commands to agents and the audit log.
 //! - [`replay`]: a recording through the fleet rules in simulated time (`rules test`).
 //! - [`synthetic`]: the synthetic run-to-failure set the tests and benchmarks score against.
@@ -32,7 +31,6 @@ pub mod engine;
 pub mod fingerprint;
 pub mod monitor;
 pub mod muting;
-pub mod notify;
 pub mod predict;
 pub mod replay;
 pub mod rules;
@@ -58,10 +56,13 @@ use self::{
     commands::{AuditLog, AuditRecord, AwaitingApproval, CommandError, Commander},
     engine::{Engine, EngineState},
     muting::{Silence, SilenceView},
-    notify::NotifierHandle,
     rules::{Approval, CommandKind, FleetRules},
 };
-use crate::{config::AutomationConfig, fleet::Fleet};
+use crate::{
+    config::AutomationConfig,
+    fleet::Fleet,
+    notify::{self, NotifierHandle},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AutomationError {
@@ -96,6 +97,11 @@ impl Automation {
     }
 
     /// Every alert the book holds, with its dashboard link and why it is (not) notified.
+    /// The notification channels' delivery counters (for `/metrics`).
+    pub fn notifier_stats(&self) -> std::collections::BTreeMap<String, notify::ChannelStats> {
+        self.notifier.stats()
+    }
+
     pub fn alerts(&self) -> Vec<AlertView> {
         self.engine().alerts()
     }

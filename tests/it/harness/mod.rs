@@ -5,6 +5,7 @@ pub mod chromium;
 pub mod influxdb;
 pub mod mosquitto;
 pub mod pty;
+pub mod smtp;
 pub mod tls;
 pub mod victoria;
 pub mod webhook;

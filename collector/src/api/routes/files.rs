@@ -26,7 +26,12 @@ pub async fn app_css() -> Response {
 }
 
 pub async fn metrics(State(state): State<ApiState>) -> Response {
-    let body = crate::metrics::prometheus(&state.stats, &state.fleet);
+    let mut body = crate::metrics::prometheus(&state.stats, &state.fleet);
+    if let Some(automation) = &state.automation {
+        let mut e = edgeloop_shared::http::Exposition::default();
+        crate::notify::expose(&automation.notifier_stats(), &mut e);
+        body.push_str(&e.finish());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
