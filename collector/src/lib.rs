@@ -159,6 +159,7 @@ async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> R
                 client_id: ing.client_id.clone(),
             });
             let handle = broker::start(cfg, internal.clone()).await?;
+            let _ = stats.broker_acl.set(handle.acl_refusals.clone());
             let (host, port) = (handle.connect_addr.ip().to_string(), handle.connect_addr.port());
             let (u, p) = internal.map(|i| (i.user, i.password)).unzip();
             (Some(handle), host, port, u, p)

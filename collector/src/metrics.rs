@@ -45,6 +45,17 @@ pub fn prometheus(stats: &CollectorStats, fleet: &Fleet) -> String {
     for (name, help, value) in counters {
         e.metric(&format!("edgeloop_collector_{name}"), "counter", help, &[], value as f64);
     }
+    if let Some(acl) = stats.broker_acl.get() {
+        let refused: [(&str, &str, &std::sync::atomic::AtomicU64); 3] = [
+            ("publishes", "Publishes outside the client's own topics, dropped", &acl.publishes),
+            ("subscriptions", "Subscriptions outside the client's own topics, refused", &acl.subscriptions),
+            ("wills", "Connections refused for a last will outside the client's own topics", &acl.wills),
+        ];
+        for (what, help, n) in refused {
+            let name = format!("edgeloop_collector_broker_refused_{what}_total");
+            e.metric(&name, "counter", help, &[], n.load(Relaxed) as f64);
+        }
+    }
     e.metric(
         "edgeloop_collector_queue_depth",
         "gauge",

@@ -36,6 +36,8 @@ pub struct CollectorStats {
     pub latency: Histogram,
     /// Messages received from the broker and waiting for the ingest worker.
     pub queue_depth: AtomicU64,
+    /// What the embedded broker's topic ACL refused, once the broker runs.
+    pub broker_acl: std::sync::OnceLock<std::sync::Arc<edgeloop_shared::broker::AclRefusals>>,
     per_agent: Mutex<HashMap<String, AgentIngest>>,
 }
 
@@ -93,6 +95,7 @@ impl Default for CollectorStats {
             processing: Histogram::new(PROCESSING_BUCKETS),
             latency: Histogram::new(LATENCY_BUCKETS),
             queue_depth: AtomicU64::new(0),
+            broker_acl: std::sync::OnceLock::new(),
             per_agent: Mutex::new(HashMap::new()),
         }
     }

@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+pub use rumqttd::AclRefusals;
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings, TlsConfig};
 use serde::Deserialize;
 
@@ -72,6 +73,9 @@ pub struct BrokerHandle {
     pub addr: SocketAddr,
     /// Where the collector's own client connects (loopback when listening on all interfaces).
     pub connect_addr: SocketAddr,
+    /// What the topic ACL refused (publishes, subscriptions, connections with a foreign will);
+    /// always zero without logins, where there is no ACL.
+    pub acl_refusals: Arc<AclRefusals>,
     listeners: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -110,8 +114,8 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<Internal>) -> Result<B
         let internal = internal.clone();
         Some(Arc::new(move |client_id: String, user: String, pass: String| {
             let ok = match &internal {
-                Some(i) if i.user == user => i.password.expose() == pass,
-                _ => client_id == user && users.get(&user).is_some_and(|p| p.expose() == pass),
+                Some(i) if i.user == user => same_secret(i.password.expose(), &pass),
+                _ => client_id == user && users.get(&user).is_some_and(|p| same_secret(p.expose(), &pass)),
             };
             if !ok {
                 tracing::warn!(client_id, user, "broker refused a login");
@@ -119,6 +123,16 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<Internal>) -> Result<B
             Box::pin(std::future::ready(ok))
         }))
     };
+    // With logins, a client also publishes only under its own topics: an agent cannot send as
+    // another or forge another's acks and commands (only the collector's client may). The same
+    // ACL checks a client's last will at CONNECT, or a will could do what a publish may not.
+    let acl_refusals = Arc::new(AclRefusals::default());
+    let publish_acl = internal.as_ref().filter(|_| !cfg.users.is_empty()).map(|i| rumqttd::PublishAcl {
+        prefix: format!("{}/", crate::topic::PREFIX),
+        owner_channels: ["telemetry", "events", "status", "result"].map(String::from).to_vec(),
+        privileged: vec![i.client_id.clone()],
+        refused: acl_refusals.clone(),
+    });
     let connections = |max_payload: &ByteSize| ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: usize::try_from(max_payload.0).unwrap_or(usize::MAX),
@@ -126,20 +140,14 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<Internal>) -> Result<B
         auth: None,
         external_auth: auth.clone(),
         dynamic_filters: true,
+        publish_acl: publish_acl.clone(),
     };
-    // With logins, a client also publishes only under its own topics: an agent cannot send as
-    // another or forge another's acks and commands (only the collector's client may).
-    let publish_acl = internal.as_ref().filter(|_| !cfg.users.is_empty()).map(|i| rumqttd::PublishAcl {
-        prefix: format!("{}/", crate::topic::PREFIX),
-        owner_channels: ["telemetry", "events", "status", "result"].map(String::from).to_vec(),
-        privileged: vec![i.client_id.clone()],
-    });
     let router = RouterConfig {
         max_connections: cfg.max_connections,
         max_outgoing_packet_count: 256,
         max_segment_size: 16 << 20,
         max_segment_count: 16,
-        publish_acl,
+        publish_acl: publish_acl.clone(),
         ..Default::default()
     };
     let router_tx = Router::new(0, router).spawn();
@@ -205,7 +213,14 @@ pub async fn start(cfg: &EmbeddedBroker, internal: Option<Internal>) -> Result<B
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::info!(%addr, tls = cfg.tls.is_some(), "embedded broker listening");
-    Ok(BrokerHandle { addr, connect_addr, listeners })
+    Ok(BrokerHandle { addr, connect_addr, acl_refusals, listeners })
+}
+
+/// Compares a password in constant time (for equal lengths), so response timing does not leak
+/// how much of a guess was right.
+fn same_secret(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    a.len() == b.len() && std::hint::black_box(a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y))) == 0
 }
 
 fn local(addr: SocketAddr) -> SocketAddr {

@@ -9,6 +9,7 @@ mod fleet;
 mod gateway;
 mod grafana;
 mod harness;
+mod hostile;
 mod node_sim;
 mod rules;
 mod skeleton;

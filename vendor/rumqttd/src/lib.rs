@@ -154,6 +154,11 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// edgeloop patch: the router's publish ACL (a clone of `RouterConfig::publish_acl`, sharing
+    /// its counters), applied to the last will at CONNECT: a will is a publish made later on the
+    /// client's behalf, so one outside its own topics refuses the connection.
+    #[serde(skip)]
+    pub publish_acl: Option<PublishAcl>,
 }
 
 impl ConnectionSettings {
@@ -179,6 +184,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("publish_acl", &self.publish_acl)
             .finish()
     }
 }
@@ -219,6 +225,20 @@ pub struct PublishAcl {
     pub prefix: String,
     pub owner_channels: Vec<String>,
     pub privileged: Vec<String>,
+    /// What the ACL refused so far; clones share it, so the router and every listener count
+    /// into the same place and the embedding process can report it.
+    #[serde(skip)]
+    pub refused: Arc<AclRefusals>,
+}
+
+/// edgeloop patch: counts of what a [`PublishAcl`] refused.
+#[derive(Debug, Default)]
+pub struct AclRefusals {
+    pub publishes: std::sync::atomic::AtomicU64,
+    pub subscriptions: std::sync::atomic::AtomicU64,
+    /// Connections refused at CONNECT because their last will named a topic outside the
+    /// client's own.
+    pub wills: std::sync::atomic::AtomicU64,
 }
 
 impl PublishAcl {

@@ -43,6 +43,8 @@ pub enum Error {
     ConnectionAck(String),
     #[error("Authentication error")]
     InvalidAuth,
+    #[error("last will on {topic:?} is outside the client's own topics")]
+    WillRefused { topic: String },
     #[error("Channel try send error")]
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
@@ -188,14 +190,27 @@ where
     })
     .await??;
 
-    let (connect, _props, login) = match packet {
-        Packet::Connect(ref connect, ref props, _, _, ref login) => (connect, props, login),
+    let (connect, _props, will, login) = match packet {
+        Packet::Connect(ref connect, ref props, ref will, _, ref login) => (connect, props, will, login),
         packet => return Err(Error::NotConnectPacket(packet)),
     };
 
     Span::current().record("client_id", &connect.client_id);
 
     handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+
+    // edgeloop patch: the router publishes a will without asking the ACL (the client is gone by
+    // then), so the will's topic is checked here, while the client can still be told no.
+    if let (Some(acl), Some(will)) = (&config.publish_acl, will) {
+        let topic = String::from_utf8_lossy(&will.topic).into_owned();
+        if !acl.allows(&connect.client_id, &topic) {
+            acl.refused.wills.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(client_id = %connect.client_id, topic, "connection refused: last will outside the client's own topics");
+            let ack = ConnAck { session_present: false, code: ConnectReturnCode::NotAuthorized };
+            network.write(Packet::ConnAck(ack, None)).await?;
+            return Err(Error::WillRefused { topic });
+        }
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
@@ -283,6 +298,7 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            publish_acl: None,
         }
     }
 

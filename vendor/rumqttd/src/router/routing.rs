@@ -612,6 +612,7 @@ impl Router {
                         let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
                         if !acl.allows(&client_id, topic) {
                             self.router_meters.failed_publishes += 1;
+                            acl.refused.publishes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             warn!(client_id, topic, "publish refused: not this client's topic");
                             continue;
                         }
@@ -678,6 +679,7 @@ impl Router {
                         // edgeloop patch: a client subscribes only under its own topics.
                         if let Some(acl) = &self.config.publish_acl {
                             if !acl.allows_subscribe(&client_id, &f.path) {
+                                acl.refused.subscriptions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 warn!(client_id, filter = f.path, "subscription refused: not this client's topics");
                                 return_codes.push(SubscribeReasonCode::Failure);
                                 continue;
