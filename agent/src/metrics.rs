@@ -64,6 +64,7 @@ pub struct Status {
     /// Since this process started.
     pub acked_readings: u64,
     pub rejected_readings: u64,
+    pub acks_ignored: u64,
     pub batches_sent: u64,
     pub batches_resent: u64,
     pub rules_version: u64,
@@ -122,6 +123,7 @@ impl Probe {
             quarantined_batches_total: t.quarantined_batches,
             acked_readings: s.acked.load(Relaxed),
             rejected_readings: s.rejected.load(Relaxed),
+            acks_ignored: s.acks_ignored.load(Relaxed),
             batches_sent: s.batches_sent.load(Relaxed),
             batches_resent: s.batches_resent.load(Relaxed),
             rules_version: s.rules_version.load(Relaxed),
@@ -209,6 +211,12 @@ impl Probe {
             "counter",
             "Readings the collector refused for good (this run)",
             status.rejected_readings as f64,
+        );
+        metric(
+            "acks_ignored_total",
+            "counter",
+            "Acks not acted on: for another agent or buffer, not in flight, or unreadable (this run)",
+            status.acks_ignored as f64,
         );
         metric(
             "batches_sent_total",

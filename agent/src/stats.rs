@@ -13,6 +13,9 @@ pub struct AgentStats {
     pub acked: AtomicU64,
     /// Readings in batches the collector refused for good (reported, then dropped from the buffer).
     pub rejected: AtomicU64,
+    /// Acks not acted on: for another agent or buffer, for a batch not in flight, or unreadable
+    /// (a forgery, or a duplicate answer to a re-send).
+    pub acks_ignored: AtomicU64,
     /// Readings waiting in the buffer for an ack (including those in flight).
     pub backlog: AtomicU64,
     /// Batches sent, counting every re-send.

@@ -1,9 +1,13 @@
 //! The uplink batch: what an agent sends on `edgeloop/v1/{agent}/telemetry`.
 //!
 //! A batch is sealed when the agent writes it to its durable buffer and never changes afterwards:
-//! `(agent, seq)` names the same points on every re-send, which is what lets the collector skip a
-//! replay and lets InfluxDB overwrite a duplicate (a point is identified by agent, sensor and
+//! `(agent, buffer, seq)` names the same points on every re-send, which is what lets the collector
+//! skip a replay and lets InfluxDB overwrite a duplicate (a point is identified by agent, sensor and
 //! timestamp). Readings are grouped per sensor, in the order they were taken.
+//!
+//! `buffer` is the random identity of the agent's buffer file, made when the file is created or
+//! salvaged: a new buffer restarts its sequence numbers, and without it the collector would take
+//! its batches for replays of the old one's.
 
 use alloc::{
     string::{String, ToString},
@@ -15,7 +19,9 @@ use serde::{Deserialize, Serialize};
 pub use crate::codec::Point;
 use crate::{
     codec,
-    model::{Event, Reading, WireError, from_wire_borrowed, to_wire},
+    model::{
+        Ack, AckStatus, Event, OLDEST_WIRE_VERSION, Reading, WIRE_VERSION, WireError, from_wire_borrowed, to_wire,
+    },
 };
 
 /// The most points one batch may carry; a batch claiming more is refused before its points are
@@ -25,7 +31,12 @@ pub const MAX_BATCH_POINTS: usize = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Batch {
     pub agent: String,
-    /// Per-agent sequence number, strictly increasing over the agent's life (it survives restarts).
+    /// The identity of the buffer that sealed the batch; `None` from a version 2 agent, which
+    /// had none (and is answered in its own layout, see [`Ack::encode`]). Batches made by hand
+    /// (tests, tools) use `Some(0)`.
+    pub buffer: Option<u64>,
+    /// Sequence number within the buffer, strictly increasing over the buffer's life (it survives
+    /// restarts; a new or salvaged buffer may start again at 0, under a new identity).
     pub seq: u64,
     /// Tags the agent puts on everything it sends (e.g. `site`, `line`), besides `agent` itself.
     pub tags: Vec<(String, String)>,
@@ -37,12 +48,32 @@ pub struct Batch {
 #[derive(Serialize, Deserialize)]
 struct WireBatch<'a, E> {
     agent: &'a str,
+    /// Always `Some` on the wire; `None` only once a version 2 batch is read.
+    buffer: Option<u64>,
     seq: u64,
     #[serde(borrow)]
     tags: Vec<(&'a str, &'a str)>,
     #[serde(borrow)]
     series: Vec<WireSeries<'a>>,
     events: E,
+}
+
+/// The version 2 layout: no buffer identity.
+#[derive(Deserialize)]
+struct WireBatchV2<'a> {
+    agent: &'a str,
+    seq: u64,
+    #[serde(borrow)]
+    tags: Vec<(&'a str, &'a str)>,
+    #[serde(borrow)]
+    series: Vec<WireSeries<'a>>,
+    events: Vec<Event>,
+}
+
+impl<'a> From<WireBatchV2<'a>> for WireBatch<'a, Vec<Event>> {
+    fn from(w: WireBatchV2<'a>) -> Self {
+        WireBatch { agent: w.agent, buffer: None, seq: w.seq, tags: w.tags, series: w.series, events: w.events }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -70,7 +101,22 @@ impl Batch {
                 None => series.push(Series { sensor: r.sensor.clone(), points: alloc::vec![point] }),
             }
         }
-        Batch { agent: agent.into(), seq, tags: Vec::new(), series, events: Vec::new() }
+        Batch { agent: agent.into(), buffer: Some(0), seq, tags: Vec::new(), series, events: Vec::new() }
+    }
+
+    /// The answer to this batch, naming its agent and buffer.
+    pub fn ack(&self, status: AckStatus) -> Ack {
+        Ack { agent: self.agent.clone(), buffer: self.buffer, seq: self.seq, status }
+    }
+
+    /// The buffer identity in encoded batch `bytes`, read without decoding the points (`None`
+    /// when they are not a current-version batch).
+    pub fn peek_buffer(bytes: &[u8]) -> Option<u64> {
+        let (&version, body) = bytes.split_first()?;
+        if version != WIRE_VERSION {
+            return None;
+        }
+        postcard::take_from_bytes::<(&str, Option<u64>)>(body).ok().and_then(|((_, buffer), _)| buffer)
     }
 
     /// Number of readings in the batch.
@@ -92,6 +138,7 @@ impl Batch {
             .collect();
         let wire = WireBatch {
             agent: &self.agent,
+            buffer: Some(self.buffer.unwrap_or(0)),
             seq: self.seq,
             tags: self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
             series: self
@@ -106,9 +153,15 @@ impl Batch {
     }
 
     /// Decodes and validates a batch: ids must be valid and values finite, so nothing that
-    /// reaches the database can be malformed.
+    /// reaches the database can be malformed. A version 2 batch (from an agent not upgraded yet)
+    /// is read too, with no buffer identity.
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
-        let wire: WireBatch<'_, Vec<Event>> = from_wire_borrowed(bytes)?;
+        let wire: WireBatch<'_, Vec<Event>> = match bytes.first() {
+            Some(&OLDEST_WIRE_VERSION) => from_wire_borrowed::<WireBatchV2<'_>>(bytes)?.into(),
+            Some(&WIRE_VERSION) => from_wire_borrowed(bytes)?,
+            Some(&found) => return Err(WireError::Version { found }),
+            None => return Err(WireError::Empty),
+        };
         let mut budget = MAX_BATCH_POINTS;
         let mut series = Vec::with_capacity(wire.series.len());
         for s in wire.series {
@@ -122,6 +175,7 @@ impl Batch {
         }
         let batch = Batch {
             agent: wire.agent.into(),
+            buffer: wire.buffer,
             seq: wire.seq,
             tags: wire.tags.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
             series,
@@ -221,6 +275,7 @@ mod tests {
         let forged = |points: &[u8]| {
             to_wire(&WireBatch {
                 agent: "gw-1",
+                buffer: Some(5),
                 seq: 1,
                 tags: vec![],
                 series: vec![WireSeries { sensor: "temp", points }],
@@ -239,6 +294,37 @@ mod tests {
         huge.push(n as u8);
         let err = Batch::decode(&forged(&huge)).unwrap_err().to_string();
         assert!(err.contains("more than the 1048576 allowed"), "{err}");
+    }
+
+    #[test]
+    fn a_version_2_batch_is_read_without_a_buffer_identity() {
+        #[derive(Serialize)]
+        struct V2<'a> {
+            agent: &'a str,
+            seq: u64,
+            tags: Vec<(&'a str, &'a str)>,
+            series: Vec<WireSeries<'a>>,
+            events: Vec<Event>,
+        }
+        let mut column = Vec::new();
+        crate::codec::encode_series(&[Point { ts_ns: 1, value: 2.0 }], &mut column);
+        let v2 = V2 {
+            agent: "gw-1",
+            seq: 4,
+            tags: vec![],
+            series: vec![WireSeries { sensor: "temp", points: &column }],
+            events: vec![],
+        };
+        let bytes = postcard::to_extend(&v2, vec![OLDEST_WIRE_VERSION]).unwrap();
+        let b = Batch::decode(&bytes).unwrap();
+        assert_eq!((b.agent.as_str(), b.buffer, b.seq, b.point_count()), ("gw-1", None, 4, 1));
+        assert_eq!(Batch::peek_buffer(&bytes), None, "not a current batch");
+
+        let mut current = Batch::from_readings("gw-1", 4, &readings());
+        current.buffer = Some(0xfeed);
+        let bytes = current.encode().unwrap();
+        assert_eq!(Batch::peek_buffer(&bytes), Some(0xfeed));
+        assert_eq!(Batch::decode(&bytes).unwrap().ack(AckStatus::Stored { points: 10 }).buffer, Some(0xfeed));
     }
 
     #[test]

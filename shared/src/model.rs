@@ -9,7 +9,15 @@ use serde::{Deserialize, Serialize};
 /// Version byte in front of every MQTT payload edgeloop writes (batches, acks, commands).
 ///
 /// Version 2: a batch's series travel as [`crate::codec`] columns.
-pub const WIRE_VERSION: u8 = 2;
+/// Version 3: a batch carries the identity of the agent buffer that sealed it, and an [`Ack`]
+/// names the agent and that buffer.
+pub const WIRE_VERSION: u8 = 3;
+
+/// The oldest version still read, so a fleet can be upgraded one gateway at a time. Only the
+/// messages whose layout is the same in both are read with [`from_wire`]: a version 2 batch goes
+/// through [`crate::batch::Batch::decode`], which knows its older layout, and a version 2 ack is
+/// refused by [`Ack::decode`] (it names no agent or buffer, so no version 3 agent may act on it).
+pub const OLDEST_WIRE_VERSION: u8 = 2;
 
 /// One value of one sensor at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,11 +120,38 @@ pub struct DeviceReading {
     pub value: f64,
 }
 
-/// The collector's end-to-end answer to a batch, sent on the agent's `ack` topic.
+/// The collector's end-to-end answer to a batch, sent on the agent's `ack` topic. It names whom
+/// it is for: the agent, and the buffer that sealed the batch (see [`crate::batch::Batch::buffer`]),
+/// so an ack can only ever remove the batch it answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ack {
+    pub agent: String,
+    /// `None` only in an answer to a version 2 agent (see [`Ack::encode`]).
+    pub buffer: Option<u64>,
     pub seq: u64,
     pub status: AckStatus,
+}
+
+impl Ack {
+    /// The wire bytes for the agent that sent the batch: version 3, or the version 2 layout
+    /// (`seq`, `status`) when the batch came from a version 2 agent (no buffer identity), which
+    /// could not read anything newer.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        if self.buffer.is_none() {
+            return postcard::to_extend(&(self.seq, &self.status), alloc::vec![OLDEST_WIRE_VERSION])
+                .map_err(WireError::Codec);
+        }
+        to_wire(self)
+    }
+
+    /// Reads a version 3 ack only: an older one names no agent or buffer.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        match bytes.first() {
+            Some(&WIRE_VERSION) => from_wire(bytes),
+            Some(&found) => Err(WireError::Version { found }),
+            None => Err(WireError::Empty),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -236,7 +271,9 @@ pub struct AgentReport {
 pub enum WireError {
     #[error("payload is empty")]
     Empty,
-    #[error("payload version {found} is not supported (this build speaks version {WIRE_VERSION})")]
+    #[error(
+        "payload version {found} is not supported (this build reads versions {OLDEST_WIRE_VERSION} to {WIRE_VERSION} and writes {WIRE_VERSION})"
+    )]
     Version { found: u8 },
     #[error("payload does not decode: {0}")]
     Codec(postcard::Error),
@@ -251,7 +288,8 @@ pub fn to_wire<T: Serialize>(msg: &T) -> Result<Vec<u8>, WireError> {
     postcard::to_extend(msg, alloc::vec![WIRE_VERSION]).map_err(WireError::Codec)
 }
 
-/// Checks the version byte and decodes the rest; trailing bytes are an error, not silently ignored.
+/// Checks the version byte (any from [`OLDEST_WIRE_VERSION`] on) and decodes the rest; trailing
+/// bytes are an error, not silently ignored.
 pub fn from_wire<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
     from_wire_borrowed(bytes)
 }
@@ -259,7 +297,7 @@ pub fn from_wire<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Wire
 /// [`from_wire`] for a message that borrows from `bytes` (strings and byte columns).
 pub fn from_wire_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
     let (&version, body) = bytes.split_first().ok_or(WireError::Empty)?;
-    if version != WIRE_VERSION {
+    if !(OLDEST_WIRE_VERSION..=WIRE_VERSION).contains(&version) {
         return Err(WireError::Version { found: version });
     }
     let (msg, rest) = postcard::take_from_bytes(body).map_err(WireError::Codec)?;
@@ -275,7 +313,7 @@ mod tests {
 
     #[test]
     fn acks_and_commands_round_trip() {
-        let ack = Ack { seq: 42, status: AckStatus::Stored { points: 1000 } };
+        let ack = Ack { agent: "gw-1".into(), buffer: Some(9), seq: 42, status: AckStatus::Stored { points: 1000 } };
         assert_eq!(from_wire::<Ack>(&to_wire(&ack).unwrap()), Ok(ack));
         let cmd = Command {
             id: 7,
@@ -304,8 +342,25 @@ mod tests {
         assert_eq!(from_wire::<Ack>(&[]), Err(WireError::Empty));
         assert_eq!(from_wire::<Ack>(&[9, 1, 2]), Err(WireError::Version { found: 9 }));
         assert!(matches!(from_wire::<Ack>(&[WIRE_VERSION]), Err(WireError::Codec(_))));
-        let mut bytes = to_wire(&Ack { seq: 1, status: AckStatus::Stored { points: 1 } }).unwrap();
+        let mut bytes =
+            to_wire(&Ack { agent: "gw-1".into(), buffer: Some(9), seq: 1, status: AckStatus::Stored { points: 1 } })
+                .unwrap();
         bytes.push(0);
         assert_eq!(from_wire::<Ack>(&bytes), Err(WireError::Trailing(1)));
+    }
+
+    #[test]
+    fn an_ack_for_a_previous_version_agent_is_written_in_its_layout_and_never_read_as_current() {
+        let status = AckStatus::Stored { points: 5 };
+        let legacy = Ack { agent: "gw-1".into(), buffer: None, seq: 7, status: status.clone() };
+        let bytes = legacy.encode().unwrap();
+        assert_eq!(bytes[0], OLDEST_WIRE_VERSION);
+        // What a version 2 agent decodes: its own `Ack { seq, status }`.
+        assert_eq!(postcard::from_bytes::<(u64, AckStatus)>(&bytes[1..]).unwrap(), (7, status.clone()));
+        assert_eq!(Ack::decode(&bytes), Err(WireError::Version { found: OLDEST_WIRE_VERSION }));
+        let current = Ack { buffer: Some(0x1234), ..legacy };
+        let bytes = current.encode().unwrap();
+        assert_eq!(bytes[0], WIRE_VERSION);
+        assert_eq!(Ack::decode(&bytes), Ok(current));
     }
 }

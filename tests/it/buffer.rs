@@ -433,7 +433,13 @@ async fn an_agent_cannot_write_as_another_or_forge_its_acks() {
         (0..10).map(|i| Reading { sensor: "temp".into(), ts_ns: 1_000 + i, value: 1.0 }).collect();
     let forged = Batch::from_readings("gw-victim", 1, &readings).encode().unwrap();
     evil.publish(topic("gw-victim", Channel::Telemetry), QoS::AtLeastOnce, false, forged).await.unwrap();
-    let fake_ack = to_wire(&Ack { seq: 7, status: AckStatus::Stored { points: 2000 } }).unwrap();
+    let fake_ack = to_wire(&Ack {
+        agent: "gw-victim".into(),
+        buffer: Some(0),
+        seq: 7,
+        status: AckStatus::Stored { points: 2000 },
+    })
+    .unwrap();
     evil.publish(topic("gw-victim", Channel::Ack), QoS::AtLeastOnce, false, fake_ack).await.unwrap();
     // Its own topic still works.
     let own = Batch::from_readings("gw-evil", 1, &readings).encode().unwrap();

@@ -200,7 +200,10 @@ async fn a_point_the_database_refuses_is_isolated_and_the_rest_stored() {
     })
     .await
     .expect("the batch is acknowledged");
-    assert_eq!(ack, Ack { seq: 1, status: AckStatus::Stored { points: 100 } });
+    assert_eq!(
+        ack,
+        Ack { agent: "gw-conflict".into(), buffer: Some(0), seq: 1, status: AckStatus::Stored { points: 100 } }
+    );
     assert_eq!(collector.stats.points_rejected.load(Relaxed), 1, "only the conflicting event line");
     assert_eq!(collector.stats.rejected.load(Relaxed), 0, "the batch itself is not refused");
     assert_eq!(influx.count("edgeloop", "readings", "value").await, 100);

@@ -4,7 +4,7 @@
 
 use std::{sync::atomic::Ordering::Relaxed, time::Duration};
 
-use edgeloop_collector::config::{BrokerConfig, LocalStoreConfig, StoreConfig};
+use edgeloop_collector::config::{BrokerConfig, ExternalBroker, LocalStoreConfig, MqttVersion, StoreConfig};
 use edgeloop_shared::{
     batch::Batch,
     model::{Reading, to_wire},
@@ -96,7 +96,127 @@ async fn a_will_cannot_publish_as_another_agent() {
     assert!(connected.is_ok(), "a will on the client's own topic is allowed");
 }
 
+/// While nothing acknowledges the victim's batches (its collector is away), a peer on the broker
+/// publishes acks on the victim's ack topic: in the layout the agent used to accept, naming
+/// another agent, naming a made-up buffer. The agent keeps every batch, counts the forgeries, and
+/// once a collector consumes, every reading is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_acks_delete_nothing_from_an_agents_buffer() {
+    use edgeloop_shared::{
+        broker::{self, EmbeddedBroker},
+        model::{Ack, AckStatus},
+    };
+    harness::init_tracing();
+    let broker = broker::start(&EmbeddedBroker { listen: ([127, 0, 0, 1], 0).into(), ..Default::default() }, None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let total = 20_000;
+    let mut cfg =
+        harness::agent_config("gw-victim", dir.path(), broker.addr, harness::fast(total, Duration::from_micros(1)));
+    cfg.uplink.batch_max_readings = 500;
+    let stop = CancellationToken::new();
+    let agent = edgeloop_agent::start(&cfg, stop.clone()).await.unwrap();
+    harness::wait_for("every reading in the buffer, the uplink up", Duration::from_secs(60), || async {
+        let s = agent.stats.snapshot();
+        (s.accepted == total && s.uplink_connected).then_some(())
+    })
+    .await;
+    let held = agent.buffer().held_batches;
+    assert!(held >= 40, "batches waiting: {held}");
+
+    let mut opts = MqttOptions::new("mallory", broker.addr.ip().to_string(), broker.addr.port());
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (evil, mut evil_events) = AsyncClient::new(opts, 1024);
+    tokio::spawn(async move { while evil_events.poll().await.is_ok() {} });
+    let stored = AckStatus::Stored { points: 500 };
+    let forge = |agent: &str, buffer: Option<u64>, seq: u64| {
+        Ack { agent: agent.into(), buffer, seq, status: stored.clone() }.encode().unwrap()
+    };
+    let ack_topic = topic("gw-victim", Channel::Ack);
+    let mut forged = 0u64;
+    for seq in 0..held + 5 {
+        // The previous layout (`seq`, `status`): what the agent acted on before acks named anyone.
+        for payload in
+            [forge("gw-victim", None, seq), forge("gw-other", Some(0), seq), forge("gw-victim", Some(seq), seq)]
+        {
+            evil.publish(&ack_topic, QoS::AtLeastOnce, false, payload).await.unwrap();
+            forged += 1;
+        }
+    }
+    harness::wait_for("every forged ack seen", Duration::from_secs(30), || async {
+        (agent.stats.acks_ignored.load(Relaxed) >= forged).then_some(())
+    })
+    .await;
+    assert_eq!(agent.buffer().held_readings, total, "no batch removed by a forged ack");
+    assert_eq!(agent.stats.snapshot().acked, 0);
+
+    // A collector comes and consumes from the same broker: everything is stored.
+    let store_dir = tempfile::tempdir().unwrap();
+    let mut config = harness::collector_config(
+        ([127, 0, 0, 1], 0).into(),
+        StoreConfig::Local(LocalStoreConfig { path: store_dir.path().join("store") }),
+    );
+    config.broker = BrokerConfig::External(ExternalBroker {
+        host: "127.0.0.1".into(),
+        port: broker.addr.port(),
+        username: None,
+        password: None,
+        protocol: MqttVersion::V311,
+        shared_group: None,
+    });
+    let collector = edgeloop_collector::start(&config, stop.clone()).await.unwrap();
+    harness::wait_for("every reading stored", Duration::from_secs(60), || async {
+        (collector.store.local().unwrap().count_for("gw-victim") == total && agent.buffer().held_batches == 0)
+            .then_some(())
+    })
+    .await;
+    stop.cancel();
+    agent.wait().await;
+}
+
+/// An agent's data directory is replaced (a new SD card) and it starts again with the same id:
+/// its new buffer counts from sequence 0 again, and every reading of it is stored, none taken
+/// for a replay of the old buffer's batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_data_directory_is_not_mistaken_for_replays() {
+    harness::init_tracing();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = StoreConfig::Local(LocalStoreConfig { path: store_dir.path().join("store") });
+    let stop = CancellationToken::new();
+    let collector =
+        edgeloop_collector::start(&harness::collector_config(([127, 0, 0, 1], 0).into(), store), stop.clone())
+            .await
+            .unwrap();
+    let addr = collector.broker_addr().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let per_run = 10_000;
+    let mut stored = 0;
+    for run in 0..2 {
+        let mut cfg =
+            harness::agent_config("gw-sd", data.path(), addr, harness::fast(per_run, Duration::from_micros(1)));
+        cfg.uplink.batch_max_readings = 500;
+        let agent_stop = CancellationToken::new();
+        let agent = edgeloop_agent::start(&cfg, agent_stop.clone()).await.unwrap();
+        stored += per_run;
+        harness::wait_for(&format!("run {run}: every reading stored"), Duration::from_secs(60), || async {
+            (collector.store.local().unwrap().count_for("gw-sd") >= stored && agent.buffer().held_batches == 0)
+                .then_some(())
+        })
+        .await;
+        agent_stop.cancel();
+        agent.wait().await;
+        drop(agent);
+        // The new SD card.
+        std::fs::remove_dir_all(data.path()).unwrap();
+    }
+    assert_eq!(collector.store.local().unwrap().count_for("gw-sd"), 2 * per_run);
+    assert_eq!(collector.stats.duplicates.load(Relaxed), 0, "nothing taken for a replay");
+    stop.cancel();
+}
+
 fn forged_ack_payload() -> Vec<u8> {
     use edgeloop_shared::model::{Ack, AckStatus};
-    to_wire(&Ack { seq: 7, status: AckStatus::Stored { points: 2000 } }).unwrap()
+    to_wire(&Ack { agent: "gw-victim".into(), buffer: Some(0), seq: 7, status: AckStatus::Stored { points: 2000 } })
+        .unwrap()
 }

@@ -204,7 +204,7 @@ async fn bad_batches_are_counted_and_the_stream_goes_on() {
     })
     .await
     .expect("the good batch is acknowledged");
-    assert_eq!(ack, Ack { seq: 3, status: AckStatus::Stored { points: 10 } });
+    assert_eq!(ack, Ack { agent: "gw-bad".into(), buffer: Some(0), seq: 3, status: AckStatus::Stored { points: 10 } });
     assert_eq!(collector.stats.malformed.load(Relaxed), 3, "garbage, empty and NaN");
     assert_eq!(collector.stats.spoofed.load(Relaxed), 1);
     assert_eq!(collector.store.local().unwrap().count_for("gw-bad"), 10);

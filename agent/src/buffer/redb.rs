@@ -4,8 +4,11 @@
 //! stored value; both lanes share the numbering, so an ack names one batch. `meta` holds the
 //! running [`Totals`] (next sequence number, readings accepted, dropped, quarantined, held), always
 //! written in the same transaction as the batches they count, so they survive a crash exactly as
-//! the batches do. `quarantine` keeps entries that failed their checksum; `latches` the rules'
-//! latched trips (written by [`super::latches`]).
+//! the batches do. `meta` also holds the buffer's identity (`buffer_id`, random, made when the
+//! file is created or salvaged), which every batch carries: the collector's duplicate filter and
+//! the acks are keyed by it, so a new file restarting at sequence 0 is never taken for the old
+//! one. `quarantine` keeps entries that failed their checksum; `latches` the rules' latched trips
+//! (written by [`super::latches`]).
 //!
 //! A stored value is `crc32c u32 | readings u32 | oldest ts i64 | batch wire bytes` (LE); the
 //! CRC covers everything after itself. redb checksums its pages but not what it hands back
@@ -38,6 +41,8 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const TELEMETRY: TableDefinition<u64, &[u8]> = TableDefinition::new("telemetry");
 const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new("quarantine");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Not one of the [`Totals`]: a salvage copies those into the new file, never the identity.
+const BUFFER_ID: &str = "buffer_id";
 
 /// The buffer's file inside the data directory.
 pub const FILE: &str = "buffer.redb";
@@ -56,6 +61,8 @@ pub enum BufferError {
     Encode { seq: u64, source: edgeloop_shared::model::WireError },
     #[error("the buffer task stopped unexpectedly while {doing}")]
     Task { doing: &'static str },
+    #[error("no random numbers from the operating system for the buffer identity of {path}: {reason}")]
+    Random { path: PathBuf, reason: String },
 }
 
 pub(super) fn io<E: std::fmt::Display>(doing: &'static str) -> impl FnOnce(E) -> BufferError {
@@ -203,6 +210,9 @@ fn text(e: impl std::fmt::Display) -> StorageErrorText {
 #[derive(Debug, Clone)]
 pub struct StoredBatch {
     pub seq: u64,
+    /// The identity of the buffer that sealed it: this buffer's, or for a batch salvaged from a
+    /// damaged file, that file's.
+    pub buffer: u64,
     pub readings: u32,
     pub payload: Vec<u8>,
 }
@@ -235,6 +245,7 @@ pub(super) struct Inner {
     pub(super) db: Database,
     path: PathBuf,
     settings: BufferSettings,
+    id: u64,
     /// The committed totals; held across each write transaction, so writers never interleave.
     pub(super) totals: Mutex<Totals>,
 }
@@ -290,7 +301,8 @@ impl Buffer {
             tx.abort().map_err(io("reading the totals"))?;
             t
         };
-        let buffer = Buffer { inner: Arc::new(Inner { db, path, settings, totals: Mutex::new(totals) }) };
+        let id = identity(&db, &path)?;
+        let buffer = Buffer { inner: Arc::new(Inner { db, path, settings, id, totals: Mutex::new(totals) }) };
         if let Recovery::Salvaged { moved_to, salvaged, reason } = &recovery {
             let lost = buffer.totals().held_batches.saturating_sub(*salvaged);
             tracing::error!(file = %moved_to.display(), salvaged, %reason, "buffer file was damaged; moved it aside and salvaged what read back intact");
@@ -304,6 +316,11 @@ impl Buffer {
 
     pub fn settings(&self) -> &BufferSettings {
         &self.inner.settings
+    }
+
+    /// This buffer's identity, carried by every batch it seals.
+    pub fn id(&self) -> u64 {
+        self.inner.id
     }
 
     /// The committed totals.
@@ -371,6 +388,7 @@ impl Buffer {
             let seq = t.next_seq;
             t.next_seq += 1;
             let mut batch = Batch::from_readings(&s.agent, seq, chunk);
+            batch.buffer = Some(self.inner.id);
             batch.tags.clone_from(&s.tags);
             let payload = batch.encode().map_err(|source| BufferError::Encode { seq, source })?;
             let oldest = chunk.iter().map(|r| r.ts_ns).min().unwrap_or(0);
@@ -467,7 +485,14 @@ impl Buffer {
         let seq = t.next_seq;
         t.next_seq += 1;
         let oldest = events.iter().map(|e| e.ts_ns).min().unwrap_or(0);
-        let batch = Batch { agent: s.agent.clone(), seq, tags: s.tags.clone(), series: Vec::new(), events };
+        let batch = Batch {
+            agent: s.agent.clone(),
+            buffer: Some(self.inner.id),
+            seq,
+            tags: s.tags.clone(),
+            series: Vec::new(),
+            events,
+        };
         let payload = batch.encode().map_err(|source| BufferError::Encode { seq, source })?;
         let value = seal(0, oldest, &payload);
         tx.open_table(EVENTS)
@@ -519,8 +544,8 @@ impl Buffer {
         for entry in table.range(start..before).map_err(io("reading batches"))? {
             let (k, v) = entry.map_err(io("reading batches"))?;
             let seq = k.value();
-            match unseal(v.value()) {
-                Some((readings, _, payload)) => out.push(StoredBatch { seq, readings, payload: payload.to_vec() }),
+            match unseal(v.value()).and_then(|(readings, _, payload)| self.sendable(payload, readings)) {
+                Some((buffer, readings, payload)) => out.push(StoredBatch { seq, buffer, readings, payload }),
                 None => damaged.push(seq),
             }
             if out.len() >= max {
@@ -528,6 +553,19 @@ impl Buffer {
             }
         }
         Ok((out, damaged))
+    }
+
+    /// A stored payload as it goes on the wire, with the identity it carries. A batch sealed
+    /// before the upgrade to wire version 3 names no buffer: it is re-encoded as this buffer's
+    /// (the collector may store it twice, which InfluxDB's overwrite makes harmless). `None`:
+    /// the payload does not decode, though its checksum held.
+    fn sendable(&self, payload: &[u8], readings: u32) -> Option<(u64, u32, Vec<u8>)> {
+        if let Some(buffer) = Batch::peek_buffer(payload) {
+            return Some((buffer, readings, payload.to_vec()));
+        }
+        let mut batch = Batch::decode(payload).ok()?;
+        batch.buffer = Some(self.inner.id);
+        Some((self.inner.id, readings, batch.encode().ok()?))
     }
 
     /// [`Buffer::next_after`] outside the runtime, leaving damaged entries where they are.
@@ -726,6 +764,32 @@ fn open_db(path: &Path, settings: &BufferSettings) -> Result<Database, OpenFailu
     }
 }
 
+/// The identity stored in `db`, or a new random one stored durably (a new or salvaged file).
+/// Never 0: that is what batches made by hand carry.
+fn identity(db: &Database, path: &Path) -> Result<u64, BufferError> {
+    let mut tx = db.begin_write().map_err(io("reading the buffer identity"))?;
+    let stored = tx
+        .open_table(META)
+        .and_then(|meta| meta.get(BUFFER_ID).map(|v| v.map(|v| v.value())).map_err(Into::into))
+        .map_err(io("reading the buffer identity"))?;
+    if let Some(id) = stored.filter(|&id| id != 0) {
+        tx.abort().map_err(io("reading the buffer identity"))?;
+        return Ok(id);
+    }
+    let random = |e: getrandom::Error| BufferError::Random { path: path.into(), reason: e.to_string() };
+    let mut id = getrandom::u64().map_err(random)?;
+    while id == 0 {
+        id = getrandom::u64().map_err(random)?;
+    }
+    tx.set_durability(Durability::Immediate).map_err(io("storing the buffer identity"))?;
+    tx.open_table(META)
+        .and_then(|mut meta| meta.insert(BUFFER_ID, id).map(drop).map_err(Into::into))
+        .map_err(io("storing the buffer identity"))?;
+    tx.commit().map_err(io("storing the buffer identity"))?;
+    tracing::info!(path = %path.display(), buffer = format_args!("{id:016x}"), "new buffer identity");
+    Ok(id)
+}
+
 /// Moves the damaged file aside (keeping only the latest damaged copy), creates a new one and
 /// copies into it every batch that still reads back with a good checksum.
 fn salvage(
@@ -884,6 +948,57 @@ mod tests {
         let t = buf.totals();
         assert_eq!((t.held_batches, t.held_readings, t.accepted_readings, t.accepted_events), (3, 25, 25, 1));
         assert_eq!(buf.oldest_unsent_ns(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn every_batch_carries_the_buffer_identity_which_a_new_file_never_shares() {
+        let dir = tempfile::tempdir().unwrap();
+        let (buf, _) = Buffer::open(dir.path(), settings(1 << 30, WhenFull::DropOldest)).unwrap();
+        let id = buf.id();
+        assert_ne!(id, 0);
+        buf.append(readings(10, 0), vec![event()], 10).await.unwrap();
+        for lane in [Lane::Telemetry, Lane::Events] {
+            let stored = buf.next_after(lane, None, 10).await.unwrap();
+            assert_eq!(stored[0].buffer, id);
+            assert_eq!(Batch::decode(&stored[0].payload).unwrap().buffer, Some(id));
+        }
+        drop(buf);
+        let (again, _) = Buffer::open(dir.path(), settings(1 << 30, WhenFull::DropOldest)).unwrap();
+        assert_eq!(again.id(), id, "the identity survives a restart");
+        drop(again);
+        // A replaced data directory (new SD card): a new identity, sequence numbers from 0.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let (fresh, _) = Buffer::open(dir.path(), settings(1 << 30, WhenFull::DropOldest)).unwrap();
+        assert_ne!(fresh.id(), id);
+        assert_eq!(fresh.totals().next_seq, 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_sealed_before_wire_version_3_is_sent_as_this_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (buf, _) = Buffer::open(dir.path(), settings(1 << 30, WhenFull::DropOldest)).unwrap();
+        // What a version 2 agent stored: the same value layout, a batch without identity.
+        #[derive(serde::Serialize)]
+        struct V2<'a> {
+            agent: &'a str,
+            seq: u64,
+            tags: Vec<(&'a str, &'a str)>,
+            series: Vec<(&'a str, &'a [u8])>,
+            events: Vec<Event>,
+        }
+        let mut column = Vec::new();
+        edgeloop_shared::codec::encode_series(&[edgeloop_shared::codec::Point { ts_ns: 5, value: 1.5 }], &mut column);
+        let v2 = V2 { agent: "gw", seq: 0, tags: vec![], series: vec![("temp", &column)], events: vec![] };
+        let payload = postcard::to_extend(&v2, vec![edgeloop_shared::model::OLDEST_WIRE_VERSION]).unwrap();
+        {
+            let tx = buf.begin(Durability::Immediate, "test").unwrap();
+            tx.open_table(TELEMETRY).unwrap().insert(0, seal(1, 5, &payload).as_slice()).unwrap();
+            tx.commit().unwrap();
+        }
+        let stored = buf.next_after(Lane::Telemetry, None, 10).await.unwrap();
+        assert_eq!((stored[0].seq, stored[0].buffer, stored[0].readings), (0, buf.id(), 1));
+        let batch = Batch::decode(&stored[0].payload).unwrap();
+        assert_eq!((batch.buffer, batch.point_count()), (Some(buf.id()), 1));
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use std::{
 
 use edgeloop_shared::{
     backoff::Backoff,
-    model::{Ack, AckStatus, AgentReport, Presence, from_wire, to_wire},
+    model::{Ack, AckStatus, AgentReport, Presence, to_wire},
     secret::Secret,
     topic::{Channel, topic},
 };
@@ -271,10 +271,10 @@ pub async fn run(
                     windows.connection_reset();
                 }
                 Some(Uplink::Ack(payload)) => {
-                    collect_ack(&settings.agent, &payload, &mut acks);
+                    collect_ack(&settings.agent, &payload, &mut acks, &stats);
                     // Take every ack already queued, and remove them in one transaction.
                     while let Ok(Uplink::Ack(payload)) = events.try_recv() {
-                        collect_ack(&settings.agent, &payload, &mut acks);
+                        collect_ack(&settings.agent, &payload, &mut acks, &stats);
                     }
                     on_acks(&settings.agent, &mut acks, &mut windows, &buffer, &stats).await?;
                 }
@@ -383,13 +383,20 @@ impl Windows {
     }
 }
 
-fn collect_ack(agent: &str, payload: &[u8], acks: &mut Vec<Ack>) {
-    match from_wire::<Ack>(payload) {
+fn collect_ack(agent: &str, payload: &[u8], acks: &mut Vec<Ack>, stats: &AgentStats) {
+    match Ack::decode(payload) {
         Ok(ack) => acks.push(ack),
-        Err(e) => tracing::warn!(agent, error = %e, bytes = payload.len(), "ignoring a malformed ack"),
+        Err(e) => {
+            stats.acks_ignored.fetch_add(1, Relaxed);
+            tracing::warn!(agent, error = %e, bytes = payload.len(), "ignoring a malformed ack");
+        }
     }
 }
 
+/// Removes the batches the acks answer. An ack counts only when it names this agent and the
+/// buffer of a batch in a send window under its sequence number: anything else (a forgery, an
+/// answer meant for an older buffer, a second answer to a re-send) is counted and left alone,
+/// so nobody but the collector's answer to that very batch can make the agent drop it.
 async fn on_acks(
     agent: &str,
     acks: &mut Vec<Ack>,
@@ -397,6 +404,19 @@ async fn on_acks(
     buffer: &Buffer,
     stats: &AgentStats,
 ) -> Result<(), BufferError> {
+    acks.retain(|ack| {
+        let ours = ack.agent == agent
+            && ack.buffer.is_some_and(|b| windows.in_send_order().iter().any(|w| w.holds(ack.seq, b)));
+        if !ours {
+            stats.acks_ignored.fetch_add(1, Relaxed);
+            if ack.agent == agent {
+                tracing::debug!(agent, seq = ack.seq, buffer = ?ack.buffer, "ack for a batch not in flight; ignored");
+            } else {
+                tracing::warn!(agent, ack_agent = %ack.agent, seq = ack.seq, "ack names another agent; ignored");
+            }
+        }
+        ours
+    });
     for ack in acks.iter() {
         windows.in_send_order().into_iter().for_each(|w| {
             w.ack(ack.seq);

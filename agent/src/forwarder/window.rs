@@ -9,6 +9,8 @@ use crate::buffer::StoredBatch;
 
 #[derive(Debug)]
 struct InFlight {
+    /// The identity of the buffer that sealed it: an ack must name the same.
+    buffer: u64,
     readings: u32,
     payload: Vec<u8>,
     /// `None`: not sent on the current connection yet.
@@ -62,7 +64,8 @@ impl Window {
     pub fn load(&mut self, batches: Vec<StoredBatch>) {
         for b in batches {
             self.cursor = Some(self.cursor.map_or(b.seq, |c| c.max(b.seq)));
-            self.entries.insert(b.seq, InFlight { readings: b.readings, payload: b.payload, sent_at: None, sends: 0 });
+            let f = InFlight { buffer: b.buffer, readings: b.readings, payload: b.payload, sent_at: None, sends: 0 };
+            self.entries.insert(b.seq, f);
         }
     }
 
@@ -102,6 +105,11 @@ impl Window {
     pub fn ack(&mut self, seq: u64) -> Option<u32> {
         self.entries.remove(&seq).map(|f| f.readings)
     }
+
+    /// Whether batch `seq` of buffer `buffer` is in the window: only such an ack may remove it.
+    pub fn holds(&self, seq: u64, buffer: u64) -> bool {
+        self.entries.get(&seq).is_some_and(|f| f.buffer == buffer)
+    }
 }
 
 #[cfg(test)]
@@ -109,7 +117,7 @@ mod tests {
     use super::*;
 
     fn stored(seq: u64) -> StoredBatch {
-        StoredBatch { seq, readings: 10, payload: vec![seq as u8] }
+        StoredBatch { seq, buffer: 1, readings: 10, payload: vec![seq as u8] }
     }
 
     #[test]
@@ -131,5 +139,14 @@ mod tests {
         assert_eq!(w.due(t0, timeout), [4]);
         assert!(w.get(4).unwrap().resend);
         assert_eq!(w.free(), 1);
+    }
+
+    #[test]
+    fn holds_only_the_batch_of_the_named_buffer() {
+        let mut w = Window::new(2);
+        w.load(vec![stored(3)]);
+        assert!(w.holds(3, 1));
+        assert!(!w.holds(3, 2), "same seq, another buffer");
+        assert!(!w.holds(4, 1), "not loaded");
     }
 }

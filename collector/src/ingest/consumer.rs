@@ -16,7 +16,7 @@ use std::{
 use edgeloop_shared::{
     backoff::Backoff,
     batch::Batch,
-    model::{Ack, AckStatus, CommandResult, Presence, from_wire, to_wire},
+    model::{Ack, AckStatus, CommandResult, Presence, from_wire},
     secret::Secret,
     topic::{self, Channel},
 };
@@ -387,7 +387,7 @@ async fn settle(
             Prepared::Write { .. } => Outcome::Drop,
         };
         if let Outcome::Ack { agent, ack } = outcome {
-            match to_wire(&ack) {
+            match ack.encode() {
                 Ok(bytes) => {
                     if let Err(e) = client.publish(topic::topic(&agent, Channel::Ack), bytes).await {
                         tracing::warn!(%agent, seq = ack.seq, error = %e, "cannot queue the ack; the agent will re-send");
@@ -482,13 +482,10 @@ fn prepare(publish: &Message, stats: &CollectorStats, fleet: &Fleet, dedup: &mut
         tracing::warn!(topic_agent = agent, batch_agent = %batch.agent, seq = batch.seq, "batch claims another agent's id; dropped");
         return Prepared::Done(Outcome::Drop);
     }
-    if dedup.seen(agent, batch.seq) {
+    if dedup.seen(agent, batch.buffer, batch.seq) {
         stats.duplicates.fetch_add(1, Relaxed);
         let points = batch.point_count() as u32;
-        return Prepared::Done(Outcome::Ack {
-            agent: agent.to_owned(),
-            ack: Ack { seq: batch.seq, status: AckStatus::Stored { points } },
-        });
+        return Prepared::Done(Outcome::Ack { agent: agent.to_owned(), ack: batch.ack(AckStatus::Stored { points }) });
     }
     Prepared::Write { agent: agent.to_owned(), batch }
 }
@@ -561,7 +558,7 @@ fn stored(
     fleet: &Fleet,
     dedup: &mut Dedup,
 ) -> Outcome {
-    dedup.record(agent, batch.seq);
+    dedup.record(agent, batch.buffer, batch.seq);
     let points = batch.point_count() as u32;
     let refused = written.rejected.iter().filter(|r| r.reading).count() as u32;
     for r in &written.rejected {
@@ -577,7 +574,7 @@ fn stored(
     fleet.on_stored(agent, kept, newest);
     Outcome::Ack {
         agent: agent.to_owned(),
-        ack: Ack { seq: batch.seq, status: AckStatus::Stored { points: points.saturating_sub(refused) } },
+        ack: batch.ack(AckStatus::Stored { points: points.saturating_sub(refused) }),
     }
 }
 
@@ -600,10 +597,7 @@ async fn write_one(
                 stats.rejected.fetch_add(1, Relaxed);
                 let points = batch.point_count();
                 tracing::error!(agent, seq = batch.seq, points, %reason, "database refused a batch for good");
-                return Some(Prepared::Done(Outcome::Ack {
-                    ack: Ack { seq: batch.seq, status: AckStatus::Rejected { reason } },
-                    agent,
-                }));
+                return Some(Prepared::Done(Outcome::Ack { ack: batch.ack(AckStatus::Rejected { reason }), agent }));
             }
             Err(e) => {
                 let delay = retry_delay(&e, retry, stats);

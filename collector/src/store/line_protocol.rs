@@ -167,6 +167,7 @@ mod tests {
     fn readings_and_events_become_lines() {
         let batch = Batch {
             agent: "gw-1".into(),
+            buffer: Some(0),
             seq: 1,
             tags: vec![("site".into(), "plant-a".into())],
             series: vec![Series {
@@ -197,6 +198,7 @@ mod tests {
         let mut out = String::new();
         let batch = Batch {
             agent: "a".into(),
+            buffer: Some(0),
             seq: 0,
             tags: vec![],
             series: vec![Series {
@@ -214,6 +216,7 @@ mod tests {
         let mut out = String::new();
         let batch = Batch {
             agent: "gw-1".into(),
+            buffer: Some(0),
             seq: 0,
             tags: vec![("site".into(), "plant a".into())],
             series: vec![
