@@ -52,6 +52,9 @@ pub struct AutomationConfig {
     /// Resolved alerts stay visible this long.
     #[serde(default = "default_resolved_retention")]
     pub resolved_retention: HumanDuration,
+    /// The longest silence the API accepts; a longer one is refused (400), not shortened.
+    #[serde(default = "default_max_silence")]
+    pub max_silence: HumanDuration,
 }
 
 fn default_command_ttl() -> HumanDuration {
@@ -66,6 +69,10 @@ fn default_flap_threshold() -> u32 {
 fn default_flap_window() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(1800))
 }
+fn default_max_silence() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(7 * 24 * 3600))
+}
+
 fn default_resolved_retention() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(24 * 3600))
 }

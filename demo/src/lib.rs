@@ -331,6 +331,7 @@ fn automation_config(
         flap_threshold: 6,
         flap_window: d(1800),
         resolved_retention: d(3600),
+        max_silence: d(7 * 24 * 3600),
     })
 }
 

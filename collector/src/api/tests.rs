@@ -378,6 +378,42 @@ async fn alerts_acks_and_silences() {
     assert!(error_of(&a).contains("silence-99"));
 }
 
+/// A maintenance token cannot mute every alert (and with them the automatic commands): a silence
+/// whose matchers match every alert is refused naming them, whatever the operator, and so is one
+/// longer than the maximum, never shortened to fit.
+#[tokio::test]
+async fn a_silence_over_everything_or_forever_is_refused() {
+    let f = fixture(true).await;
+    let over_everything = [
+        json!([{"label": "rule", "op": "not_equal", "value": ""}]),
+        json!([{"label": "rule", "op": "glob", "value": "*"}]),
+        json!([{"label": "rule", "op": "not_glob", "value": ""}]),
+        json!([{"label": "machine", "op": "glob", "value": "**"}, {"label": "rule", "op": "not_equal", "value": ""}]),
+        json!([{"label": "machine", "op": "not_equal", "value": "x"}]),
+        json!([]),
+    ];
+    for matchers in over_everything {
+        let body = json!({"matchers": matchers, "duration_s": 600, "comment": "all quiet"});
+        let a = f.as_role(Role::Maintenance, Method::Post, "/api/v1/silences", Some(body)).await;
+        assert_eq!(a.status, 400, "{matchers}: {}", a.text);
+        let named = matchers.as_array().and_then(|m| m.first()).map(|m| m["label"].as_str().unwrap().to_owned());
+        if let Some(label) = named {
+            assert!(error_of(&a).contains(&label) || error_of(&a).contains("absent label"), "{}", a.text);
+        }
+    }
+    for duration_s in [7 * 24 * 3600 + 1, u64::MAX / 2, u64::MAX] {
+        let body = json!({"matchers": [{"label": "rule", "value": "hot"}], "duration_s": duration_s, "comment": "x"});
+        let a = f.as_role(Role::Maintenance, Method::Post, "/api/v1/silences", Some(body)).await;
+        assert_eq!(a.status, 400, "{duration_s}: {}", a.text);
+        assert!(error_of(&a).contains("too long") || error_of(&a).contains("longer than"), "{}", a.text);
+    }
+    let list = f.as_role(Role::Viewer, Method::Get, "/api/v1/silences", None).await;
+    assert_eq!(list.body.as_array().map(Vec::len), Some(0), "{}", list.text);
+    let week = json!({"matchers": [{"label": "rule", "value": "hot"}], "duration_s": 7 * 24 * 3600, "comment": "x"});
+    let a = f.as_role(Role::Maintenance, Method::Post, "/api/v1/silences", Some(week)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
 #[tokio::test]
 async fn rules_are_checked_then_pushed_and_remembered() {
     let f = fixture(true).await;

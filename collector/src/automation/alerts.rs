@@ -79,7 +79,7 @@ use thiserror::Error;
 
 use super::{
     fingerprint::{fingerprint, group_key},
-    muting::{InhibitRule, Silence, SilenceView, all_match},
+    muting::{InhibitRule, Matcher, Silence, SilenceView, all_match},
 };
 use crate::model::{Alert, AlertState, GroupStatus, Notification, Prediction, Severity};
 
@@ -133,6 +133,13 @@ pub struct AlertsConfig {
     /// State changes within the window that make an alert flapping; 0 turns detection off.
     pub flap_threshold: u32,
     pub inhibit: Vec<InhibitRule>,
+    /// The longest a silence may last: a longer one is refused, not shortened.
+    #[serde(default = "default_max_silence_ns")]
+    pub max_silence_ns: i64,
+}
+
+fn default_max_silence_ns() -> i64 {
+    7 * 24 * HOUR_NS
 }
 
 impl Default for AlertsConfig {
@@ -144,6 +151,7 @@ impl Default for AlertsConfig {
             flap_window_ns: HOUR_NS / 2,
             flap_threshold: 6,
             inhibit: Vec::new(),
+            max_silence_ns: default_max_silence_ns(),
         }
     }
 }
@@ -154,6 +162,9 @@ impl AlertsConfig {
         let mut problems = Vec::new();
         if self.resolved_retention_ns < 0 {
             problems.push(format!("resolved_retention_ns is {}, it must not be negative", self.resolved_retention_ns));
+        }
+        if self.max_silence_ns <= 0 {
+            problems.push(format!("max_silence_ns is {}, it must be positive", self.max_silence_ns));
         }
         if self.flap_threshold > 0 && self.flap_window_ns <= 0 {
             problems.push(format!(
@@ -229,6 +240,12 @@ pub enum AlertError {
     SilenceWithoutMatchers,
     #[error("silence matches every alert (each matcher also matches an absent label): add a matcher on a label value")]
     SilenceMatchesEverything,
+    #[error(
+        "silence matches every alert: {matcher} matches every value an alert can have; add a matcher naming a rule, machine or agent"
+    )]
+    SilenceMatchesEveryAlert { matcher: String },
+    #[error("silence lasts {duration_s} s, longer than the {max_s} s allowed (automation max_silence)")]
+    SilenceTooLong { duration_s: i64, max_s: i64 },
     #[error("silence needs {field} (who set it and why, for whoever finds it later)")]
     SilenceMissing { field: &'static str },
     #[error("silence matcher {index}: {reason}")]
@@ -541,6 +558,11 @@ impl AlertBook {
     /// name, matchers that would match every alert, or no `created_by` or `comment`.
     pub fn silence(&mut self, silence: Silence) -> Result<String, AlertError> {
         check_silence(&silence)?;
+        let duration = silence.ends_ns.saturating_sub(silence.starts_ns);
+        if duration > self.config.max_silence_ns {
+            let s = |ns: i64| ns / 1_000_000_000;
+            return Err(AlertError::SilenceTooLong { duration_s: s(duration), max_s: s(self.config.max_silence_ns) });
+        }
         self.next_silence = self.next_silence.saturating_add(1);
         let id = format!("silence-{}", self.next_silence);
         self.silences.insert(id.clone(), silence);
@@ -859,6 +881,12 @@ fn check_silence(silence: &Silence) -> Result<(), AlertError> {
     if let Some(index) = silence.matchers.iter().position(|m| m.label.trim().is_empty()) {
         return Err(AlertError::BadMatcher { index, reason: "empty label name".to_owned() });
     }
+    // Matchers that each match every value their label can take (`rule != ""`, `rule =~ "*"`)
+    // mute every alert, automatic commands included.
+    if silence.matchers.iter().all(Matcher::matches_every_alert) {
+        let matcher = silence.matchers.iter().map(Matcher::describe).collect::<Vec<_>>().join(", ");
+        return Err(AlertError::SilenceMatchesEveryAlert { matcher });
+    }
     // Alertmanager's rule: matchers that all match an absent label match alerts without that
     // label too, so such a silence would mute far more than its author meant.
     if all_match(&silence.matchers, &BTreeMap::new()) {
@@ -875,7 +903,7 @@ fn check_silence(silence: &Silence) -> Result<(), AlertError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::muting::{Matcher, SilenceState};
+    use super::super::muting::{MatchOp, Matcher, SilenceState};
     use super::*;
 
     const S: i64 = 1_000_000_000;
@@ -1233,9 +1261,23 @@ mod tests {
         );
         let everything = Silence { matchers: vec![Matcher::not_equal("machine", "x")], ..silence_on("", 0, 10) };
         assert_eq!(book.silence(everything), Err(AlertError::SilenceMatchesEverything));
+        let not_glob = Matcher { op: MatchOp::NotGlob, ..Matcher::not_equal("rule", "") };
+        for (matchers, named) in [
+            (vec![Matcher::not_equal("rule", "")], "rule not_equal \"\""),
+            (vec![Matcher::glob("rule", "*")], "rule glob \"*\""),
+            (vec![Matcher::glob("machine", "*"), not_glob], "machine glob \"*\", rule not_glob \"\""),
+        ] {
+            let err = book.silence(Silence { matchers, ..silence_on("", 0, 10) }).unwrap_err();
+            assert!(matches!(err, AlertError::SilenceMatchesEveryAlert { .. }), "{err}");
+            assert!(err.to_string().contains(named), "{err}");
+        }
+        let week = 7 * 24 * 60 * MIN;
+        let too_long = book.silence(silence_on("press-3", 0, week + S)).unwrap_err();
+        assert_eq!(too_long, AlertError::SilenceTooLong { duration_s: week / S + 1, max_s: week / S });
         let anonymous = Silence { created_by: String::new(), ..silence_on("press-3", 0, 10) };
         assert_eq!(book.silence(anonymous), Err(AlertError::SilenceMissing { field: "created_by" }));
         assert!(book.silences(0).is_empty());
+        assert!(book.silence(silence_on("press-3", 0, week)).is_ok(), "exactly the maximum is allowed");
     }
 
     fn trip_config() -> AlertsConfig {

@@ -231,6 +231,7 @@ pub fn start(
         flap_window_ns: ns(config.flap_window.0),
         flap_threshold: config.flap_threshold,
         inhibit: engine::inhibit_rules(&rules),
+        max_silence_ns: ns(config.max_silence.0),
     };
     let book = match load::<AlertBook>(&dir.join("alerts.json"))? {
         Some(mut book) => {

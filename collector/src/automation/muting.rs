@@ -56,6 +56,39 @@ impl Matcher {
     }
 }
 
+/// Labels every alert carries, never empty (the book adds `rule` to each alert).
+pub const ALWAYS_SET: [&str; 1] = ["rule"];
+
+impl Matcher {
+    /// Whether this matcher matches every alert there could be: every value its label can take,
+    /// which for a label in [`ALWAYS_SET`] is any non-empty string, and for any other label also
+    /// the empty string (absent). A silence made only of such matchers mutes everything.
+    pub fn matches_every_alert(&self) -> bool {
+        let always_set = ALWAYS_SET.contains(&self.label.as_str());
+        // `*`-only globs: one matches every string iff it is all stars (at least one); it matches
+        // none of the non-empty strings iff it is empty (it then matches only "").
+        let all_stars = !self.value.is_empty() && self.value.chars().all(|c| c == '*');
+        match self.op {
+            // A label can always take some other value.
+            MatchOp::Equal => false,
+            MatchOp::NotEqual => always_set && self.value.is_empty(),
+            MatchOp::Glob => all_stars,
+            MatchOp::NotGlob => always_set && self.value.is_empty(),
+        }
+    }
+
+    /// `rule not_equal ""`, for messages.
+    pub fn describe(&self) -> String {
+        let op = match self.op {
+            MatchOp::Equal => "equal",
+            MatchOp::NotEqual => "not_equal",
+            MatchOp::Glob => "glob",
+            MatchOp::NotGlob => "not_glob",
+        };
+        format!("{} {op} {:?}", self.label, self.value)
+    }
+}
+
 /// Whether `labels` satisfy every matcher (an empty list matches everything).
 pub fn all_match(matchers: &[Matcher], labels: &BTreeMap<String, String>) -> bool {
     matchers.iter().all(|m| m.matches(labels))
@@ -156,6 +189,46 @@ mod tests {
         assert!(!glob_match("a*c", "abcb"));
         assert!(glob_match("", ""));
         assert!(!glob_match("", "x"));
+    }
+
+    /// Each operator against a label every alert has and one it may lack, cross-checked against
+    /// what the matcher does on sample values (the empty string standing for absent).
+    #[test]
+    fn matches_every_alert_is_exact_for_every_operator() {
+        let values = ["", "x", "press-3", "*", "overtemp", "zz-other"];
+        let cases: &[(&str, MatchOp, &str, bool)] = &[
+            ("rule", MatchOp::Equal, "", false),
+            ("rule", MatchOp::Equal, "overtemp", false),
+            ("rule", MatchOp::NotEqual, "", true),
+            ("rule", MatchOp::NotEqual, "overtemp", false),
+            ("rule", MatchOp::Glob, "*", true),
+            ("rule", MatchOp::Glob, "**", true),
+            ("rule", MatchOp::Glob, "", false),
+            ("rule", MatchOp::Glob, "*x*", false),
+            ("rule", MatchOp::NotGlob, "", true),
+            ("rule", MatchOp::NotGlob, "*", false),
+            ("rule", MatchOp::NotGlob, "over*", false),
+            ("machine", MatchOp::Equal, "", false),
+            ("machine", MatchOp::NotEqual, "", false),
+            ("machine", MatchOp::NotEqual, "x", false),
+            ("machine", MatchOp::Glob, "*", true),
+            ("machine", MatchOp::Glob, "", false),
+            ("machine", MatchOp::NotGlob, "", false),
+            ("machine", MatchOp::NotGlob, "x*", false),
+        ];
+        for &(label, op, value, expected) in cases {
+            let m = Matcher { label: label.into(), value: value.into(), op };
+            assert_eq!(m.matches_every_alert(), expected, "{}", m.describe());
+            let sample = |v: &str| {
+                let mut labels = BTreeMap::new();
+                if !v.is_empty() {
+                    labels.insert(label.to_owned(), v.to_owned());
+                }
+                m.matches(&labels)
+            };
+            let possible = values.iter().filter(|v| !(ALWAYS_SET.contains(&label) && v.is_empty()));
+            assert_eq!(possible.clone().all(|v| sample(v)), expected, "samples disagree for {}", m.describe());
+        }
     }
 
     #[test]

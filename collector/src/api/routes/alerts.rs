@@ -85,7 +85,12 @@ pub async fn silence(
     let automation = state.automation()?;
     let starts_ns = req.starts_ns.unwrap_or_else(now_ns);
     let ends_ns = match (req.duration_s, req.ends_ns) {
-        (Some(d), None) => starts_ns.saturating_add(i64::try_from(d).unwrap_or(i64::MAX).saturating_mul(1_000_000_000)),
+        // Refused, not saturated: a silence "until the end of time" is exactly what must not pass.
+        (Some(d), None) => i64::try_from(d)
+            .ok()
+            .and_then(|d| d.checked_mul(1_000_000_000))
+            .and_then(|d| starts_ns.checked_add(d))
+            .ok_or_else(|| ApiError::BadRequest(format!("duration_s {d} is too long")))?,
         (None, Some(e)) => e,
         _ => return Err(ApiError::BadRequest("give either duration_s or ends_ns (one of them)".into())),
     };
