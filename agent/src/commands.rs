@@ -9,8 +9,10 @@
 //! - `Shutdown`: fires `[commands] shutdown_actions` through the rules stage, as a trip fires a
 //!   rule's actions;
 //! - `ResetLatch`: asks the rules stage to release the latch (refused while the condition holds);
-//! - `PushRules`: validates the text exactly as `edgeloop-agent rules check --config` does, writes
-//!   it over the rule file atomically and reloads it; a refused reload puts the old file back.
+//! - `PushRules`: validates the text exactly as `edgeloop-agent rules check --config` does, refuses
+//!   it if it adds or changes an `exec` action the agent's own config does not allow (see
+//!   [`PushedExec`]), writes it over the rule file atomically and reloads it; a refused reload puts
+//!   the old file back.
 //!
 //! Every command, accepted or refused, is appended to the audit log (JSON Lines, fsynced) and
 //! answered with a [`CommandResult`] on `edgeloop/v1/{agent}/result` whenever its id can be read.
@@ -26,7 +28,7 @@ use std::{
 };
 
 use edgeloop_rules::{
-    config::{Context, RuleFile},
+    config::{ActionConfig, Context, RuleFile},
     engine::ResetOutcome,
 };
 use edgeloop_shared::{
@@ -59,6 +61,47 @@ pub struct Settings {
     pub rule_file: Option<Arc<RuleFilePath>>,
     /// What a pushed rule file is validated against (the agent's sources and shutdown actions).
     pub rules_context: Context,
+    /// Which `exec` actions a pushed rule file may bring.
+    pub pushed_exec: PushedExec,
+}
+
+/// What a pushed rule file may do with `exec` actions, from `[commands]` in the agent's own
+/// config. A signed push proves who sent it, not that they may run programs on the gateway: an
+/// `exec` action the file adds or changes needs `allow_pushed_exec` and a program on the
+/// allowlist. Actions kept exactly as the running file has them, and removals, always pass.
+#[derive(Debug, Clone, Default)]
+pub struct PushedExec {
+    pub allowed: bool,
+    pub allowlist: Vec<PathBuf>,
+}
+
+impl PushedExec {
+    /// Why `pushed` may not replace `current` (`None`: the agent had no readable rule file), one
+    /// line per action; empty when it may.
+    pub fn refusals(&self, current: Option<&RuleFile>, pushed: &RuleFile) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, action) in &pushed.actions {
+            let ActionConfig::Exec(exec) = action else { continue };
+            let unchanged = matches!(
+                current.and_then(|c| c.actions.get(id)),
+                Some(ActionConfig::Exec(old))
+                    if old.program == exec.program && old.args == exec.args && old.timeout.0 == exec.timeout.0
+            );
+            if unchanged {
+                continue;
+            }
+            let program = exec.program.display();
+            if !self.allowed {
+                out.push(format!(
+                    "action {id} runs {program}: a pushed rule file may not add or change exec actions \
+                     ([commands] allow_pushed_exec is off on this agent)"
+                ));
+            } else if !self.allowlist.contains(&exec.program) {
+                out.push(format!("action {id} runs {program}, which is not in [commands] exec_allowlist"));
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +315,14 @@ impl Commands {
             Err(e) => return (false, format!("refused: {e}")),
         };
         let previous = std::fs::read_to_string(file.path()).ok();
+        // Compared with the file on disk, which is what runs (a refused reload puts it back).
+        let current =
+            previous.as_deref().and_then(|t| RuleFile::parse(t, file.path(), &self.settings.rules_context).ok());
+        let refusals = self.settings.pushed_exec.refusals(current.as_ref(), &parsed);
+        if !refusals.is_empty() {
+            tracing::warn!(agent = %self.settings.agent, why = %refusals.join("; "), "pushed rule file refused: exec actions");
+            return (false, format!("refused: {}", refusals.join("; ")));
+        }
         let (writer, new_text) = (file.clone(), text.to_owned());
         match tokio::task::spawn_blocking(move || writer.replace(&new_text)).await {
             Ok(Ok(())) => {}
@@ -451,6 +502,7 @@ source = "node-1"
             audit_log: dir.path().join("audit").join("audit.jsonl"),
             rule_file: Some(Arc::new(RuleFilePath::new(rules_path))),
             rules_context: context(),
+            pushed_exec: PushedExec::default(),
         };
         let commands = Commands::open(settings.clone(), rules.clone(), stats.clone(), now_ns()).unwrap();
         Rig { commands, key, readings, records, port, settings, rules, stats, dir, next_id: 1, _latches: latch_rx }
@@ -630,6 +682,36 @@ source = "node-1"
         assert!(rig.rules.latched().is_empty());
         let unknown = rig.command(CommandAction::ResetLatch { rule: "nope".into() });
         assert_eq!(rig.send(&rig.signed(&unknown)).await.unwrap().outcome, "refused: no rule nope");
+    }
+
+    fn exec_file(actions: &str) -> RuleFile {
+        RuleFile::parse(actions, std::path::Path::new("rules.toml"), &Context::default()).unwrap()
+    }
+
+    #[test]
+    fn a_pushed_file_adds_or_changes_exec_actions_only_as_the_agent_allows() {
+        let current = exec_file("[actions.log]\nkind = \"exec\"\nprogram = \"/bin/true\"\n");
+        let same = exec_file("[actions.log]\nkind = \"exec\"\nprogram = \"/bin/true\"\n");
+        let added = exec_file(
+            "[actions.log]\nkind = \"exec\"\nprogram = \"/bin/true\"\n\n\
+             [actions.mark]\nkind = \"exec\"\nprogram = \"/bin/sh\"\nargs = [\"-c\", \"touch /tmp/x\"]\n",
+        );
+        let changed = exec_file("[actions.log]\nkind = \"exec\"\nprogram = \"/bin/true\"\nargs = [\"x\"]\n");
+        let removed = exec_file("");
+        let off = PushedExec::default();
+        assert!(off.refusals(Some(&current), &same).is_empty(), "kept as it runs");
+        assert!(off.refusals(Some(&current), &removed).is_empty(), "removing takes no power");
+        let why = off.refusals(Some(&current), &added);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].contains("action mark runs /bin/sh") && why[0].contains("allow_pushed_exec is off"), "{why:?}");
+        assert_eq!(off.refusals(Some(&current), &changed).len(), 1, "a changed argument is a change");
+        assert_eq!(off.refusals(None, &same).len(), 1, "nothing to compare with: new");
+
+        let listed = PushedExec { allowed: true, allowlist: vec!["/bin/true".into()] };
+        assert!(listed.refusals(None, &same).is_empty());
+        assert!(listed.refusals(Some(&current), &changed).is_empty(), "an allowed program, other arguments");
+        let why = listed.refusals(Some(&current), &added);
+        assert!(why.len() == 1 && why[0].contains("/bin/sh, which is not in [commands] exec_allowlist"), "{why:?}");
     }
 
     #[tokio::test]

@@ -46,6 +46,13 @@ pub struct CommandsConfig {
     pub shutdown_actions: Vec<String>,
     /// Where every command is recorded (JSON Lines, fsynced); `<data_dir>/audit.jsonl` when absent.
     pub audit_log: Option<PathBuf>,
+    /// Whether a pushed rule file may add or change `exec` actions (run programs on this
+    /// gateway). Off by default: only who edits this file decides what the gateway runs.
+    #[serde(default)]
+    pub allow_pushed_exec: bool,
+    /// With `allow_pushed_exec`, the only programs (absolute paths) a pushed `exec` action may run.
+    #[serde(default)]
+    pub exec_allowlist: Vec<PathBuf>,
 }
 
 impl AgentConfig {
@@ -468,6 +475,18 @@ impl AgentConfig {
         }
         if c.audit_log.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             problem("commands.audit_log", "must name a file, or be left out for <data_dir>/audit.jsonl".into());
+        }
+        for program in self.commands.exec_allowlist.iter().filter(|p| !p.is_absolute()) {
+            problem(
+                "commands.exec_allowlist",
+                format!("{} is not an absolute path: a pushed action must name exactly the program", program.display()),
+            );
+        }
+        if !self.commands.exec_allowlist.is_empty() && !self.commands.allow_pushed_exec {
+            problem(
+                "commands.exec_allowlist",
+                "has no effect while commands.allow_pushed_exec is false: set it to true, or remove the list".into(),
+            );
         }
         if self.sources.is_empty() {
             problem("sources", "no source is configured; add e.g. [sources.press-3] with kind = \"simulated\"".into());

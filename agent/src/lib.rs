@@ -344,6 +344,10 @@ pub async fn start(config: &AgentConfig, shutdown: CancellationToken) -> Result<
         audit_log: config.audit_log(),
         rule_file: rule_file_path,
         rules_context: config.rules_context(),
+        pushed_exec: commands::PushedExec {
+            allowed: config.commands.allow_pushed_exec,
+            allowlist: config.commands.exec_allowlist.clone(),
+        },
     };
     let command_task = commands::Commands::open(
         command_settings,

@@ -220,3 +220,100 @@ fn forged_ack_payload() -> Vec<u8> {
     to_wire(&Ack { agent: "gw-victim".into(), buffer: Some(0), seq: 7, status: AckStatus::Stored { points: 2000 } })
         .unwrap()
 }
+
+/// An engineer token pushes a rule file that would run a program on the gateway: a new `exec`
+/// action firing at once, then the running file's `exec` action pointed at another program. The
+/// agent's own config does not allow pushed programs, so both pushes are refused and audited, no
+/// program runs, and the rule file on disk stays as it was; a push that leaves the `exec` action
+/// as it is still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_rule_file_cannot_run_programs_on_a_gateway() {
+    use edgeloop_shared::model::CommandAction;
+    harness::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &str| dir.path().join(p).display().to_string();
+    std::fs::write(dir.path().join("fleet-rules.toml"), "").unwrap();
+    edgeloop_collector::automation::commands::generate_key(&dir.path().join("command.key")).unwrap();
+    let text = format!(
+        "[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:0\"\n\n[store]\nkind = \"local\"\npath = \"{}\"\n\n\
+         [automation]\nrules = \"{}\"\nstate_dir = \"{}\"\nsigning_key = \"{}\"\n",
+        path("store"),
+        path("fleet-rules.toml"),
+        path("automation"),
+        path("command.key"),
+    );
+    let config = edgeloop_collector::config::CollectorConfig::parse(&text, std::path::Path::new("c.toml")).unwrap();
+    let stop = CancellationToken::new();
+    let collector = edgeloop_collector::start(&config, stop.clone()).await.unwrap();
+    let automation = collector.automation.clone().unwrap();
+    let public = automation.public_key_hex().await.unwrap();
+
+    let original = "[rules.hot]\nsensor = \"machine.temperature\"\nabove = 1000.0\nactions = [\"log\"]\n\n\
+                    [actions.log]\nkind = \"exec\"\nprogram = \"/bin/true\"\n";
+    std::fs::write(dir.path().join("rules.toml"), original).unwrap();
+    let agent_text = format!(
+        "[agent]\nid = \"gw-exec\"\ndata_dir = \"{}\"\nrules = \"{}\"\nrules_check_interval = \"100ms\"\n\n\
+         [uplink]\nhost = \"127.0.0.1\"\nport = {}\nreconnect_min = \"50ms\"\nreconnect_max = \"200ms\"\n\n\
+         [sources.machine]\nkind = \"simulated\"\nperiod = \"20ms\"\n\n[commands]\npublic_key = \"{public}\"\n",
+        path("data"),
+        path("rules.toml"),
+        collector.broker_addr().unwrap().port(),
+    );
+    let agent_config = edgeloop_agent::config::AgentConfig::parse(&agent_text, std::path::Path::new("a.toml")).unwrap();
+    let agent = edgeloop_agent::start(&agent_config, stop.child_token()).await.unwrap();
+    let live = collector.live.clone();
+    harness::wait_for("the agent's rules loaded", Duration::from_secs(20), || {
+        let live = live.clone();
+        async move { (live.rules_version("gw-exec") == Some(1)).then_some(()) }
+    })
+    .await;
+
+    let marker = dir.path().join("marker");
+    let touch = |action: &str| {
+        format!(
+            "[actions.{action}]\nkind = \"exec\"\nprogram = \"/bin/sh\"\nargs = [\"-c\", \"touch {}\"]\n",
+            marker.display()
+        )
+    };
+    let added = format!(
+        "[rules.hot]\nsensor = \"machine.temperature\"\nabove = -1000.0\nactions = [\"log\", \"mark\"]\n\n\
+         [actions.log]\nkind = \"exec\"\nprogram = \"/bin/true\"\n\n{}",
+        touch("mark")
+    );
+    let changed = format!(
+        "[rules.hot]\nsensor = \"machine.temperature\"\nabove = -1000.0\nactions = [\"log\"]\n\n{}",
+        touch("log")
+    );
+    for (what, rules) in [("a new exec action", added), ("a changed exec action", changed)] {
+        let id =
+            automation.command("gw-exec", CommandAction::PushRules { toml: rules }, "token:engineer").await.unwrap();
+        let done = harness::wait_for(&format!("{what}: the agent's answer"), Duration::from_secs(20), || {
+            let automation = automation.clone();
+            async move { automation.audit(20).into_iter().find(|r| r.id == Some(id) && r.verdict != "sent") }
+        })
+        .await;
+        assert_eq!(done.verdict, "failed", "{what}: {done:?}");
+        assert!(done.detail.contains("allow_pushed_exec"), "{what}: {done:?}");
+        let agent_audit = std::fs::read_to_string(dir.path().join("data/audit.jsonl")).unwrap();
+        let line = agent_audit.lines().find(|l| l.contains(&format!("\"id\":{id},"))).unwrap();
+        assert!(line.contains("\"verdict\":\"refused\"") && line.contains("allow_pushed_exec"), "{line}");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!marker.exists(), "no pushed program ran");
+    assert_eq!(std::fs::read_to_string(dir.path().join("rules.toml")).unwrap(), original);
+    assert_eq!(agent.rules_version(), 1);
+
+    // The exec action left as it runs: the push goes through.
+    let kept = original.replace("above = 1000.0", "above = 900.0");
+    let id =
+        automation.command("gw-exec", CommandAction::PushRules { toml: kept.clone() }, "token:engineer").await.unwrap();
+    let done = harness::wait_for("the harmless push executed", Duration::from_secs(20), || {
+        let automation = automation.clone();
+        async move { automation.audit(20).into_iter().find(|r| r.id == Some(id) && r.verdict != "sent") }
+    })
+    .await;
+    assert_eq!(done.verdict, "executed", "{done:?}");
+    assert_eq!(std::fs::read_to_string(dir.path().join("rules.toml")).unwrap(), kept);
+    stop.cancel();
+    agent.wait().await;
+}
