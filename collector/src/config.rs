@@ -274,6 +274,18 @@ impl CollectorConfig {
         edgeloop_shared::config::parse(text, path, Self::problems)
     }
 
+    /// The embedded broker's address when it would take anonymous clients from the network: no
+    /// `users`, a listener other than loopback, and no `allow_anonymous = true`. `run` refuses to
+    /// start and `check` fails on such a config; a parse alone (tests, tools) does not.
+    pub fn open_broker(&self) -> Option<std::net::SocketAddr> {
+        match &self.broker {
+            BrokerConfig::Embedded(b) if b.users.is_empty() && !b.allow_anonymous && !b.listen.ip().is_loopback() => {
+                Some(b.listen)
+            }
+            _ => None,
+        }
+    }
+
     pub fn problems(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         let mut problem = |key: &str, message: String| out.push(Problem { key: key.into(), message });

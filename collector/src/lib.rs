@@ -74,6 +74,11 @@ pub enum StartError {
     Automation(#[from] automation::AutomationError),
     #[error("cannot serve the API on {addr}: {error}")]
     Api { addr: SocketAddr, error: String },
+    #[error(
+        "the embedded broker on {addr} would let anyone on the network connect without a login (forge acks, read every \
+         agent's telemetry): add [broker.users], listen on 127.0.0.1, or set broker.allow_anonymous = true"
+    )]
+    AnonymousBroker { addr: SocketAddr },
 }
 
 /// A running collector.
@@ -142,6 +147,9 @@ pub async fn start(config: &CollectorConfig, shutdown: CancellationToken) -> Res
 }
 
 async fn start_parts(config: &CollectorConfig, shutdown: CancellationToken) -> Result<Collector, StartError> {
+    if let Some(addr) = config.open_broker() {
+        return Err(StartError::AnonymousBroker { addr });
+    }
     let store = Arc::new(Store::open(&config.store)?);
     let stats = Arc::new(CollectorStats::default());
     let tasks = TaskTracker::new();

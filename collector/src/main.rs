@@ -100,7 +100,10 @@ fn main() -> ExitCode {
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Check { config } => {
-            CollectorConfig::load(&config)?;
+            let loaded = CollectorConfig::load(&config)?;
+            if let Some(addr) = loaded.open_broker() {
+                anyhow::bail!("{}: {:#}", config.display(), edgeloop_collector::StartError::AnonymousBroker { addr });
+            }
             println!("{}: ok", config.display());
             Ok(())
         }

@@ -34,6 +34,10 @@ pub struct EmbeddedBroker {
     /// With them, a client must log in as the user its client id names: an agent connects as
     /// itself (client id = agent id = user) or not at all.
     pub users: BTreeMap<String, Secret>,
+    /// Accept clients without a login on a listener other than loopback (no `users`). Off by
+    /// default: the collector refuses to start (and `check` fails) rather than let anyone on the
+    /// network forge acks or read every agent's telemetry.
+    pub allow_anonymous: bool,
     /// Serve MQTT over TLS on `listen`. The collector's own client then uses a plain listener
     /// of its own on loopback.
     pub tls: Option<BrokerTls>,
@@ -54,6 +58,7 @@ impl Default for EmbeddedBroker {
             max_payload: ByteSize(4 << 20),
             max_connections: 10_000,
             users: BTreeMap::new(),
+            allow_anonymous: false,
             tls: None,
         }
     }

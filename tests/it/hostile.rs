@@ -317,3 +317,39 @@ async fn a_pushed_rule_file_cannot_run_programs_on_a_gateway() {
     stop.cancel();
     agent.wait().await;
 }
+
+/// A collector whose embedded broker would take anonymous clients from the network does not
+/// start, and `check` says why; on loopback, with logins, or when the config says so, it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_broker_on_the_network_is_refused_unless_the_config_says_so() {
+    harness::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let port = harness::free_port();
+    let text = |extra: &str| {
+        format!(
+            "[broker]\nmode = \"embedded\"\nlisten = \"0.0.0.0:{port}\"\n{extra}\n[store]\nkind = \"local\"\npath = \"{}\"\n",
+            dir.path().join("store").display()
+        )
+    };
+    let path = dir.path().join("collector.toml");
+    std::fs::write(&path, text("")).unwrap();
+    let out =
+        std::process::Command::new(harness::binary("edgeloop-collector")).arg("check").arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("allow_anonymous") && err.contains("[broker.users]"), "{err}");
+    let config = edgeloop_collector::config::CollectorConfig::parse(&text(""), &path).unwrap();
+    let refused = edgeloop_collector::start(&config, CancellationToken::new()).await.err().unwrap();
+    assert!(matches!(refused, edgeloop_collector::StartError::AnonymousBroker { .. }), "{refused}");
+
+    for extra in ["allow_anonymous = true\n", "[broker.users]\ngw-1 = \"secret\"\n"] {
+        std::fs::write(&path, text(extra)).unwrap();
+        let out =
+            std::process::Command::new(harness::binary("edgeloop-collector")).arg("check").arg(&path).output().unwrap();
+        assert!(out.status.success(), "{extra}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let config = edgeloop_collector::config::CollectorConfig::parse(&text("allow_anonymous = true\n"), &path).unwrap();
+    let stop = CancellationToken::new();
+    let started = edgeloop_collector::start(&config, stop.clone()).await;
+    assert!(started.is_ok(), "allowed by the config");
+    stop.cancel();
+}

@@ -47,6 +47,8 @@ pub async fn start_broker(
         max_payload: ByteSize(cfg.max_payload.0.saturating_mul(4).max(1 << 20)),
         max_connections: 1_000,
         users: Default::default(),
+        // The sensor broker has no logins yet: its sensors are anonymous by design for now.
+        allow_anonymous: true,
         tls: None,
     };
     let handle = edgeloop_shared::broker::start(&broker, None).await?;
