@@ -14,10 +14,13 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 /// making up identities.
 const BUFFERS_PER_AGENT: usize = 2;
 
+/// One buffer's identity (`None`: a version 2 agent's) and its recent sequence numbers.
+type BufferSeen = (Option<u64>, BTreeSet<u64>);
+
 pub struct Dedup {
     window: usize,
-    /// Per agent, its recent buffers (newest last), each with its window of sequence numbers.
-    agents: HashMap<String, VecDeque<(Option<u64>, BTreeSet<u64>)>>,
+    /// Per agent, its recent buffers, newest last.
+    agents: HashMap<String, VecDeque<BufferSeen>>,
 }
 
 impl Dedup {
