@@ -10,6 +10,7 @@ mod gateway;
 mod grafana;
 mod harness;
 mod node_sim;
+mod outage;
 mod rules;
 mod skeleton;
 mod sources;

@@ -1,0 +1,98 @@
+//! Database outages of minutes: the collector keeps its MQTT connection serviced while writes
+//! fail, nothing is lost or stored twice, and the backlog drains by itself once the database is
+//! back (issue 21). Both kinds of outage run side by side in one test to share the wait.
+
+use std::time::{Duration, Instant};
+
+use edgeloop_agent::config::SimulatedConfig;
+use edgeloop_shared::units::HumanDuration;
+use tokio_util::sync::CancellationToken;
+
+use crate::harness::{self, influxdb::Influx1};
+
+/// How long the database is away.
+const OUTAGE: Duration = Duration::from_secs(120);
+/// Readings per agent: 1,000/s from before the outage until a few seconds after it.
+const READINGS: u64 = 130_000;
+/// From the database's return to every backlog empty (loose: it drains, not how fast).
+const DRAIN_BOUND: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// SIGSTOP: the database hangs, its sockets open and silent (a compaction stall).
+    Hung,
+    /// SIGKILL: the database is gone (an upgrade, a crash), connections refused.
+    Dead,
+}
+
+/// The real collector with its embedded broker, two agents at 1,000 readings/s each, InfluxDB
+/// away for two minutes: every reading each agent accepted ends up in InfluxDB exactly once, and
+/// every backlog is empty within [`DRAIN_BOUND`] of the database's return. On the code before
+/// issue 21 the hung database wedged the collector (nothing stored after the return).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_of_minutes_drains_by_itself() {
+    harness::init_tracing();
+    let (hung, dead) = tokio::join!(outage(Fault::Hung), outage(Fault::Dead));
+    eprintln!("{hung}\n{dead}");
+}
+
+async fn outage(fault: Fault) -> String {
+    let name = format!("{fault:?}").to_lowercase();
+    let mut influx = Influx1::start("edgeloop").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = harness::collector_config(([127, 0, 0, 1], 0).into(), harness::influxdb::v1_store(&influx.url));
+    let stop = CancellationToken::new();
+    let collector = edgeloop_collector::start(&config, stop.clone()).await.unwrap();
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        let sim =
+            SimulatedConfig { period: HumanDuration(Duration::from_millis(2)), realtime: true, limit: Some(READINGS) };
+        let id = format!("gw-{name}-{i}");
+        let cfg = harness::agent_config(&id, &dir.path().join(&id), collector.broker_addr().unwrap(), sim);
+        agents.push((id, edgeloop_agent::start(&cfg, stop.clone()).await.unwrap()));
+    }
+    harness::wait_for("readings flowing", Duration::from_secs(60), || async {
+        (influx.count("edgeloop", "readings", "value").await >= 4_000).then_some(())
+    })
+    .await;
+
+    match fault {
+        Fault::Hung => influx.stop(),
+        Fault::Dead => influx.kill(),
+    }
+    tokio::time::sleep(OUTAGE).await;
+    for (id, agent) in &agents {
+        let s = agent.stats.snapshot();
+        assert!(s.backlog > 10_000, "{name}: {id} keeps what is not stored: {s:?}");
+    }
+    match fault {
+        Fault::Hung => influx.cont(),
+        Fault::Dead => influx.restart().await,
+    }
+    let back = Instant::now();
+    harness::wait_for(&format!("{name}: every backlog drained"), DRAIN_BOUND, || async {
+        agents
+            .iter()
+            .all(|(_, a)| {
+                let s = a.stats.snapshot();
+                s.produced == READINGS && s.acked == s.accepted && s.backlog == 0
+            })
+            .then_some(())
+    })
+    .await;
+    let drained = back.elapsed();
+
+    for (id, agent) in &agents {
+        let s = agent.stats.snapshot();
+        let q = format!("SELECT count(\"value\") FROM \"readings\" WHERE \"agent\" = '{id}'");
+        let v = influx.query("edgeloop", &q).await;
+        let stored = v["results"][0]["series"][0]["values"][0][1].as_u64().unwrap_or(0);
+        assert_eq!(stored, s.accepted, "{name}: {id} has every accepted reading stored once: {s:?}");
+    }
+    stop.cancel();
+    for (_, a) in &agents {
+        a.wait().await;
+    }
+    collector.wait().await;
+    format!("{name}: backlog 0 {drained:.1?} after the database returned")
+}
