@@ -56,7 +56,11 @@ pub fn prometheus(stats: &CollectorStats, fleet: &Fleet) -> String {
             "Broker or agent acks that could not be queued (the MQTT client's queue was full)",
             stats.acks_not_queued.load(Relaxed),
         ),
-        ("broker_disconnects_total", "Times the ingest lost its broker connection", stats.broker_disconnects.load(Relaxed)),
+        (
+            "broker_disconnects_total",
+            "Times the ingest lost its broker connection",
+            stats.broker_disconnects.load(Relaxed),
+        ),
         (
             "automation_skipped_total",
             "Whole-stream batches the automation did not evaluate (behind, or malformed)",

@@ -96,3 +96,74 @@ async fn outage(fault: Fault) -> String {
     collector.wait().await;
     format!("{name}: backlog 0 {drained:.1?} after the database returned")
 }
+
+/// SIGTERM while InfluxDB hangs and the collector holds a full in-flight window of writes: the
+/// `edgeloop-collector` binary exits well within the default 10 s grace period, by itself (its
+/// grace is set to 60 s here, so it is not the timeout that ends it), and nothing it abandoned
+/// is lost: once InfluxDB is back, a new collector stores all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_collector_within_its_grace_period_while_the_database_hangs() {
+    harness::init_tracing();
+    let mut influx = Influx1::start("edgeloop").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = harness::free_port();
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{port}\"\n\n\
+             [ingest]\nshutdown_grace = \"60s\"\n\n\
+             [store]\nkind = \"influx_v1\"\nurl = \"{}\"\ndatabase = \"edgeloop\"\n",
+            influx.url
+        ),
+    )
+    .unwrap();
+    let spawn = || {
+        std::process::Command::new(harness::binary("edgeloop-collector"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut collector = spawn();
+    let total = 30_000;
+    let stop = CancellationToken::new();
+    let sim = SimulatedConfig { period: HumanDuration(Duration::from_millis(1)), realtime: true, limit: Some(total) };
+    let cfg = harness::agent_config("gw-term", &dir.path().join("agent"), ([127, 0, 0, 1], port).into(), sim);
+    let agent = edgeloop_agent::start(&cfg, stop.clone()).await.unwrap();
+    harness::wait_for("readings flowing", Duration::from_secs(60), || async {
+        (influx.count("edgeloop", "readings", "value").await >= 2_000).then_some(())
+    })
+    .await;
+
+    influx.stop();
+    // Long enough for writes to hang on the frozen socket and the in-flight window to fill.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(collector.id()).unwrap());
+    let asked = Instant::now();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = harness::wait_for("the collector to exit", Duration::from_secs(60), || {
+        let status = collector.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    let took = asked.elapsed();
+    assert!(status.success(), "a clean exit: {status}");
+    assert!(took < Duration::from_secs(10), "SIGTERM to exit took {took:?}");
+
+    influx.cont();
+    let mut again = spawn();
+    harness::wait_for("every reading stored after the restart", Duration::from_secs(120), || async {
+        let s = agent.stats.snapshot();
+        (s.produced == total && s.acked == s.accepted && s.backlog == 0).then_some(())
+    })
+    .await;
+    assert_eq!(influx.count("edgeloop", "readings", "value").await, agent.stats.snapshot().accepted);
+    eprintln!("SIGTERM with the database hung: exited in {took:.1?}");
+    stop.cancel();
+    agent.wait().await;
+    let _ = again.kill();
+    let _ = again.wait();
+}
