@@ -97,10 +97,11 @@ async fn outage(fault: Fault) -> String {
     format!("{name}: backlog 0 {drained:.1?} after the database returned")
 }
 
-/// SIGTERM while InfluxDB hangs and the collector holds a full in-flight window of writes: the
-/// `edgeloop-collector` binary exits well within the default 10 s grace period, by itself (its
-/// grace is set to 60 s here, so it is not the timeout that ends it), and nothing it abandoned
-/// is lost: once InfluxDB is back, a new collector stores all of it.
+/// SIGTERM while InfluxDB hangs and the collector's writes wait on its frozen socket (a 30 s
+/// request timeout): the `edgeloop-collector` binary exits well within the default 10 s grace
+/// period, by itself (its grace is set to 60 s here, so it is not the timeout that ends it), and
+/// nothing it abandoned is lost: once InfluxDB is back, a new collector stores all of it. Before
+/// issue 21 the collector waited for the requests to time out (22 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_collector_within_its_grace_period_while_the_database_hangs() {
     harness::init_tracing();
@@ -113,7 +114,7 @@ async fn sigterm_stops_the_collector_within_its_grace_period_while_the_database_
         format!(
             "[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{port}\"\n\n\
              [ingest]\nshutdown_grace = \"60s\"\n\n\
-             [store]\nkind = \"influx_v1\"\nurl = \"{}\"\ndatabase = \"edgeloop\"\n",
+             [store]\nkind = \"influx_v1\"\nurl = \"{}\"\ndatabase = \"edgeloop\"\ntimeout = \"30s\"\n",
             influx.url
         ),
     )
