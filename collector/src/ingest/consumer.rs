@@ -742,3 +742,42 @@ async fn write_one(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(connection: u64, pkid: u16) -> Delivery {
+        let mut p = rumqttc::Publish::new("edgeloop/v1/gw/telemetry", rumqttc::QoS::AtLeastOnce, vec![1u8]);
+        p.pkid = pkid;
+        Delivery { connection, message: Message::V4(p) }
+    }
+
+    /// A message's broker ack goes out only on the connection it came on: once the connection
+    /// is lost, acks still queued are dropped and later acks of its messages are not sent.
+    #[tokio::test]
+    async fn acks_never_cross_to_a_new_connection() {
+        let (client, mut eventloop) = mqtt::connect(&ConnectOptions {
+            version: crate::config::MqttVersion::V311,
+            client_id: "test".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            username: None,
+            password: None,
+            persistent: true,
+            manual_acks: true,
+            max_in_flight: 10,
+            // One queued request fills the client's queue: a refused `try_ack` shows it is taken.
+            channel_capacity: 1,
+        });
+        let gate = AckGate::default();
+        assert_eq!(gate.ack(&client, &delivery(0, 1)), Ok(true));
+        assert!(gate.ack(&client, &delivery(0, 2)).is_err(), "the queue holds the first ack");
+
+        gate.next_connection(&mut eventloop);
+        assert_eq!(gate.current(), 1);
+        assert_eq!(gate.ack(&client, &delivery(0, 3)), Ok(false), "an old connection's message is not acked");
+        // The first ack was dropped with the old connection: the queue has room again.
+        assert_eq!(gate.ack(&client, &delivery(1, 1)), Ok(true));
+    }
+}
