@@ -108,26 +108,8 @@ async fn sigterm_stops_the_collector_within_its_grace_period_while_the_database_
     let mut influx = Influx1::start("edgeloop").await;
     let dir = tempfile::tempdir().unwrap();
     let port = harness::free_port();
-    let config = dir.path().join("collector.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{port}\"\n\n\
-             [ingest]\nshutdown_grace = \"60s\"\n\n\
-             [store]\nkind = \"influx_v1\"\nurl = \"{}\"\ndatabase = \"edgeloop\"\ntimeout = \"30s\"\n",
-            influx.url
-        ),
-    )
-    .unwrap();
-    let spawn = || {
-        std::process::Command::new(harness::binary("edgeloop-collector"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    // A 30 s request timeout: writes wait on the frozen socket that long unless abandoned.
+    let spawn = collector_binary(dir.path(), port, &influx.url, "shutdown_grace = \"60s\"", "timeout = \"30s\"");
     let mut collector = spawn();
     let total = 30_000;
     let stop = CancellationToken::new();
@@ -165,6 +147,94 @@ async fn sigterm_stops_the_collector_within_its_grace_period_while_the_database_
     eprintln!("SIGTERM with the database hung: exited in {took:.1?}");
     stop.cancel();
     agent.wait().await;
+    let _ = again.kill();
+    let _ = again.wait();
+}
+
+/// Starts `edgeloop-collector run` with its embedded broker on `port`, storing into `influx_url`;
+/// `ingest` and `store` are extra lines for those sections.
+fn collector_binary(
+    dir: &std::path::Path,
+    port: u16,
+    influx_url: &str,
+    ingest: &str,
+    store: &str,
+) -> impl Fn() -> std::process::Child + use<> {
+    let config = dir.join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[broker]\nmode = \"embedded\"\nlisten = \"127.0.0.1:{port}\"\n\n[ingest]\n{ingest}\n\n\
+             [store]\nkind = \"influx_v1\"\nurl = \"{influx_url}\"\ndatabase = \"edgeloop\"\n{store}\n"
+        ),
+    )
+    .unwrap();
+    let bin = harness::binary("edgeloop-collector");
+    move || {
+        std::process::Command::new(&bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+}
+
+/// The collector, and with it the embedded broker, killed (SIGKILL) and started again while it
+/// drains the backlog of a 30 s InfluxDB outage: the agents reconnect and re-send what was not
+/// acked, and InfluxDB ends with every accepted reading exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_restarted_mid_drain_loses_nothing() {
+    harness::init_tracing();
+    let mut influx = Influx1::start("edgeloop").await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = harness::free_port();
+    let spawn = collector_binary(dir.path(), port, &influx.url, "", "");
+    let mut collector = spawn();
+    let total = 60_000;
+    let stop = CancellationToken::new();
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        let sim =
+            SimulatedConfig { period: HumanDuration(Duration::from_millis(2)), realtime: true, limit: Some(total) };
+        let id = format!("gw-restart-{i}");
+        let cfg = harness::agent_config(&id, &dir.path().join(&id), ([127, 0, 0, 1], port).into(), sim);
+        agents.push(edgeloop_agent::start(&cfg, stop.clone()).await.unwrap());
+    }
+    harness::wait_for("readings flowing", Duration::from_secs(60), || async {
+        (influx.count("edgeloop", "readings", "value").await >= 4_000).then_some(())
+    })
+    .await;
+    influx.stop();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let acked = |agents: &[edgeloop_agent::Agent]| agents.iter().map(|a| a.stats.snapshot().acked).sum::<u64>();
+    let at_return = acked(&agents);
+    influx.cont();
+    harness::wait_for("the drain under way", Duration::from_secs(60), || async {
+        (acked(&agents) >= at_return + 5_000).then_some(())
+    })
+    .await;
+    let snapshots = || agents.iter().map(|a| a.stats.snapshot()).collect::<Vec<_>>();
+    assert!(agents.iter().any(|a| a.stats.snapshot().backlog > 2_000), "mid-drain: {:?}", snapshots());
+    collector.kill().unwrap();
+    collector.wait().unwrap();
+    let mut again = spawn();
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !agents.iter().all(|a| {
+        let s = a.stats.snapshot();
+        s.produced == total && s.acked == s.accepted && s.backlog == 0
+    }) {
+        assert!(Instant::now() < deadline, "not drained through the new collector: {:?}", snapshots());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let accepted: u64 = agents.iter().map(|a| a.stats.snapshot().accepted).sum();
+    assert_eq!(influx.count("edgeloop", "readings", "value").await, accepted, "{:?}", snapshots());
+    stop.cancel();
+    for a in &agents {
+        a.wait().await;
+    }
     let _ = again.kill();
     let _ = again.wait();
 }
