@@ -56,6 +56,9 @@ async fn outage(fault: Fault) -> String {
     })
     .await;
 
+    // Counted before the fault (a frozen or dead database answers no query): the time to the
+    // first stored reading is approximate, writes may land in the moment before the fault.
+    let before = influx.count("edgeloop", "readings", "value").await;
     match fault {
         Fault::Hung => influx.stop(),
         Fault::Dead => influx.kill(),
@@ -70,6 +73,11 @@ async fn outage(fault: Fault) -> String {
         Fault::Dead => influx.restart().await,
     }
     let back = Instant::now();
+    harness::wait_for(&format!("{name}: a reading stored after the return"), DRAIN_BOUND, || async {
+        (influx.count("edgeloop", "readings", "value").await > before).then_some(())
+    })
+    .await;
+    let first = back.elapsed();
     harness::wait_for(&format!("{name}: every backlog drained"), DRAIN_BOUND, || async {
         agents
             .iter()
@@ -94,7 +102,7 @@ async fn outage(fault: Fault) -> String {
         a.wait().await;
     }
     collector.wait().await;
-    format!("{name}: backlog 0 {drained:.1?} after the database returned")
+    format!("{name}: first reading stored {first:.1?}, backlog 0 {drained:.1?} after the database returned")
 }
 
 /// SIGTERM while InfluxDB hangs and the collector's writes wait on its frozen socket (a 30 s
