@@ -90,6 +90,10 @@ async fn outage(fault: Fault) -> String {
     .await;
     let drained = back.elapsed();
 
+    // The collector's own count says what the database has: each batch once, however often sent.
+    let accepted: u64 = agents.iter().map(|(_, a)| a.stats.snapshot().accepted).sum();
+    let counted = collector.stats.points_stored.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(counted, accepted, "{name}: points_stored counts each stored reading once");
     for (id, agent) in &agents {
         let s = agent.stats.snapshot();
         let q = format!("SELECT count(\"value\") FROM \"readings\" WHERE \"agent\" = '{id}'");
