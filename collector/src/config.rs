@@ -165,6 +165,10 @@ pub struct IngestConfig {
     pub write_max_points: usize,
     /// How long the first batch of a write waits for others to join it; 0 writes what is there.
     pub write_linger: HumanDuration,
+    /// How long a stopping collector (SIGTERM, Ctrl-C) waits for its stages to finish before it
+    /// exits anyway. The ingest abandons writes in progress at once, un-acked (the agents send
+    /// them again), so a hung database never holds the stop.
+    pub shutdown_grace: HumanDuration,
 }
 
 impl Default for IngestConfig {
@@ -179,6 +183,7 @@ impl Default for IngestConfig {
             write_max_batches: 32,
             write_max_points: 20_000,
             write_linger: HumanDuration(std::time::Duration::from_millis(5)),
+            shutdown_grace: HumanDuration(std::time::Duration::from_secs(10)),
         }
     }
 }

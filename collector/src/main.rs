@@ -171,7 +171,10 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
         Command::Run { config } => {
             let config = CollectorConfig::load(&config)?;
             let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-            runtime.block_on(run(config))
+            let result = runtime.block_on(run(config));
+            // A task still blocking (a stage past its grace period) must not keep the process.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            result
         }
     }
 }
@@ -204,7 +207,11 @@ async fn run(config: CollectorConfig) -> anyhow::Result<()> {
         _ = shutdown.cancelled() => {}
     }
     collector.shutdown();
-    collector.wait().await;
+    let grace = config.ingest.shutdown_grace.0;
+    if tokio::time::timeout(grace, collector.wait()).await.is_err() {
+        // Nothing un-acked is lost by leaving now: the agents and the broker still hold it.
+        tracing::warn!(?grace, "stages still busy after the grace period; exiting anyway");
+    }
     report.abort();
     Ok(())
 }

@@ -1,9 +1,11 @@
 //! What the collector tells about itself and the fleet: Prometheus `/metrics` and the fleet
 //! registry as JSON on `/fleet` (both served by the API's router).
 //!
-//! The fast-data health signals: throughput (points and batches stored), error rate
-//! (malformed, spoofed, refused, write retries), processing time and event latency (reading
-//! time to stored time) as histograms, queue depth, and per agent: online, its backlog and the
+//! The fast-data health signals: throughput (points and batches stored, counted once when the
+//! database confirmed them), error rate (malformed, spoofed, refused, write errors by HTTP status
+//! or kind), whether the database takes writes (`store_up`), processing time and event latency
+//! (reading time to stored time) as histograms, queue depth, and per agent: the age of its oldest
+//! batch waiting for its ack in the collector, online, its backlog and the
 //! age of its oldest unsent reading (the consumer lag, as the agent reports it), and the age of
 //! the newest reading stored from it.
 
@@ -18,14 +20,22 @@ use crate::{
 
 pub fn prometheus(stats: &CollectorStats, fleet: &Fleet) -> String {
     let mut e = Exposition::default();
-    let counters: [(&str, &str, u64); 10] = [
+    let counters: [(&str, &str, u64); 13] = [
         (
             "batches_received_total",
             "Telemetry messages received, re-sends included",
             stats.batches_received.load(Relaxed),
         ),
-        ("batches_stored_total", "Batches written and acknowledged", stats.batches_stored.load(Relaxed)),
-        ("points_stored_total", "Points written and acknowledged", stats.points_stored.load(Relaxed)),
+        (
+            "batches_stored_total",
+            "Batches the database confirmed (2xx), each counted once however often it was sent",
+            stats.batches_stored.load(Relaxed),
+        ),
+        (
+            "points_stored_total",
+            "Points the database confirmed (2xx), each batch counted once however often it was sent",
+            stats.points_stored.load(Relaxed),
+        ),
         ("duplicates_total", "Re-sent batches answered without writing again", stats.duplicates.load(Relaxed)),
         ("malformed_total", "Messages that are not a valid batch or status", stats.malformed.load(Relaxed)),
         ("spoofed_total", "Batches whose agent id does not match their topic", stats.spoofed.load(Relaxed)),
@@ -36,6 +46,21 @@ pub fn prometheus(stats: &CollectorStats, fleet: &Fleet) -> String {
             stats.points_rejected.load(Relaxed),
         ),
         ("write_retries_total", "Database writes that failed and were retried", stats.write_retries.load(Relaxed)),
+        (
+            "stale_messages_total",
+            "Messages of an earlier broker connection, left for the broker to deliver again",
+            stats.stale_messages.load(Relaxed),
+        ),
+        (
+            "acks_not_queued_total",
+            "Broker or agent acks that could not be queued (the MQTT client's queue was full)",
+            stats.acks_not_queued.load(Relaxed),
+        ),
+        (
+            "broker_disconnects_total",
+            "Times the ingest lost its broker connection",
+            stats.broker_disconnects.load(Relaxed),
+        ),
         (
             "automation_skipped_total",
             "Whole-stream batches the automation did not evaluate (behind, or malformed)",
@@ -63,6 +88,23 @@ pub fn prometheus(stats: &CollectorStats, fleet: &Fleet) -> String {
         &[],
         stats.queue_depth.load(Relaxed) as f64,
     );
+    e.metric(
+        "edgeloop_collector_store_up",
+        "gauge",
+        "1 while the database takes writes, 0 from a failed write until one succeeds",
+        &[],
+        f64::from(u8::from(stats.store_up.load(Relaxed))),
+    );
+    let name = "edgeloop_collector_write_errors_total";
+    e.family(name, "counter", "Failed database write attempts, by HTTP status or timeout, connect, other");
+    for (kind, n) in stats.write_errors() {
+        e.sample(name, &[("kind", &kind)], n as f64);
+    }
+    let name = "edgeloop_collector_oldest_unacked_seconds";
+    e.family(name, "gauge", "Per agent, how long its oldest batch taken by the ingest has waited for its ack");
+    for (agent, age) in stats.oldest_unacked() {
+        e.sample(name, &[("agent", &agent)], age.as_secs_f64());
+    }
     histogram(&mut e, "edgeloop_collector_processing_seconds", "Message taken to message acked", &stats.processing);
     histogram(
         &mut e,
@@ -125,4 +167,31 @@ fn histogram(e: &mut Exposition, name: &str, help: &str, h: &Histogram) {
     }
     e.sample(&format!("{name}_sum"), &[], sum);
     e.sample(&format!("{name}_count"), &[], count as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_health_is_exported() {
+        let stats = CollectorStats::default();
+        let fleet = Fleet::load(None);
+        stats.write_failed("timeout");
+        stats.write_failed("503");
+        stats.set_unacked_since([("gw-1".to_string(), std::time::Instant::now())].into());
+        let text = prometheus(&stats, &fleet);
+        for line in [
+            "edgeloop_collector_store_up 0",
+            "edgeloop_collector_write_errors_total{kind=\"503\"} 1",
+            "edgeloop_collector_write_errors_total{kind=\"timeout\"} 1",
+            "edgeloop_collector_write_retries_total 2",
+            "# TYPE edgeloop_collector_oldest_unacked_seconds gauge",
+            "edgeloop_collector_oldest_unacked_seconds{agent=\"gw-1\"} ",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        stats.write_succeeded();
+        assert!(prometheus(&stats, &fleet).contains("edgeloop_collector_store_up 1"));
+    }
 }

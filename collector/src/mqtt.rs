@@ -147,6 +147,18 @@ impl EventLoop {
     }
 }
 
+impl EventLoop {
+    /// Drops the acks still queued for the connection that just failed (rumqttc drops those it
+    /// holds when the connection fails; this catches any queued since) and keeps everything else
+    /// for the next connection. Acks belong to the connection their message came on.
+    pub fn drop_queued_acks(&mut self) {
+        match self {
+            EventLoop::V4(e) => e.clean(),
+            EventLoop::V5(e) => e.clean(),
+        }
+    }
+}
+
 impl Client {
     /// Queues a subscription without waiting (`at_least_once`: QoS 1, else QoS 0).
     pub fn try_subscribe(&self, filter: &str, at_least_once: bool) -> Result<(), String> {
@@ -172,11 +184,20 @@ impl Client {
         }
     }
 
-    /// Acknowledges a message to the broker (manual acks: only once it is handled).
-    pub async fn ack(&self, m: &Message) -> Result<(), String> {
+    /// Queues a QoS 1 publish without waiting; an error when the client's queue is full.
+    pub fn try_publish(&self, topic: String, payload: Vec<u8>) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c.try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_publish(topic, QoS5::AtLeastOnce, false, payload).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Queues the broker ack of a message without waiting (manual acks: only once it is handled);
+    /// an error when the client's queue is full.
+    pub fn try_ack(&self, m: &Message) -> Result<(), String> {
         match (self, m) {
-            (Client::V4(c), Message::V4(p)) => c.ack(p).await.map_err(|e| e.to_string()),
-            (Client::V5(c), Message::V5(p)) => c.ack(p).await.map_err(|e| e.to_string()),
+            (Client::V4(c), Message::V4(p)) => c.try_ack(p).map_err(|e| e.to_string()),
+            (Client::V5(c), Message::V5(p)) => c.try_ack(p).map_err(|e| e.to_string()),
             _ => Err("a message acknowledged on a connection of the other protocol version".into()),
         }
     }

@@ -11,6 +11,7 @@ mod grafana;
 mod harness;
 mod hostile;
 mod node_sim;
+mod outage;
 mod rules;
 mod skeleton;
 mod smtp;

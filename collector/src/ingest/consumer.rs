@@ -8,7 +8,7 @@
 //! in-flight window is full and the backlog stays on the agents' disks.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
@@ -103,8 +103,13 @@ pub async fn run(
     mut outputs: Outputs,
     shutdown: CancellationToken,
 ) {
-    // The broker sends at most its in-flight limit of un-acked messages, so this never fills up.
-    let (tx, mut rx) = mpsc::channel::<Message>(4096);
+    // Unbounded so that the poller never waits on the worker: a poller that waits stops answering
+    // keep-alives and sending acks. What bounds it is the broker's in-flight window (it sends no
+    // more un-acked messages than that per connection); backpressure is not acking.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+    let gate = Arc::new(AckGate::default());
+    let poll_gate = gate.clone();
+    let poll_stats = stats.clone();
     let poll_client = client.clone();
     let poll_shutdown = shutdown.clone();
     let mut backoff = Backoff::seeded(settings.write.retry_min, settings.write.retry_max);
@@ -162,13 +167,17 @@ pub async fn run(
                         poll_ready.set(0, true);
                     }
                 }
-                Ok(Incoming::Publish(p)) => {
-                    if tx.send(p).await.is_err() {
+                Ok(Incoming::Publish(message)) => {
+                    if tx.send(Delivery { connection: poll_gate.current(), message }).is_err() {
                         break;
                     }
                 }
                 Ok(Incoming::Other) => {}
                 Err(e) => {
+                    // Whatever this connection delivered and is not acked yet, the broker
+                    // delivers again (persistent session) or the agents re-send (clean session).
+                    poll_gate.next_connection(&mut eventloop);
+                    poll_stats.broker_disconnects.fetch_add(1, Relaxed);
                     poll_ready.set(0, false);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?delay, "ingest lost the broker");
@@ -189,11 +198,15 @@ pub async fn run(
     'messages: loop {
         // The oldest write must finish before another may start when every slot is taken.
         if pipeline.len() >= bounds.concurrency.max(1) {
-            let Some(mut oldest) = pipeline.pop_front() else { break };
-            let result = (&mut oldest.task).await;
-            if !settle(oldest, result, &client, &stats, &fleet, &mut dedup, &outputs).await {
+            let result = tokio::select! {
+                result = front_finished(&mut pipeline) => result,
+                _ = shutdown.cancelled() => break,
+            };
+            let Some(oldest) = pipeline.pop_front() else { break };
+            if !settle(oldest, result, &client, &gate, &stats, &fleet, &mut dedup, &outputs, &shutdown).await {
                 break 'messages;
             }
+            note_unacked(&pipeline, &stats);
             continue;
         }
         let first = tokio::select! {
@@ -201,18 +214,25 @@ pub async fn run(
             // Answer finished writes as soon as they finish, not when the next message comes.
             result = front_finished(&mut pipeline) => {
                 let Some(oldest) = pipeline.pop_front() else { continue };
-                if !settle(oldest, result, &client, &stats, &fleet, &mut dedup, &outputs).await {
+                if !settle(oldest, result, &client, &gate, &stats, &fleet, &mut dedup, &outputs, &shutdown).await {
                     break 'messages;
                 }
+                note_unacked(&pipeline, &stats);
                 continue;
             }
             _ = shutdown.cancelled() => break,
         };
+        // A message of a connection that is gone: the broker delivers it again on the current
+        // one (or its agent re-sends it), and only that copy may be acked.
+        if first.connection != gate.current() {
+            stats.stale_messages.fetch_add(1, Relaxed);
+            continue;
+        }
         let started = std::time::Instant::now();
         // Messages from any agent share one database write, up to the size bounds, waiting at
         // most `linger` for company: fewer, larger requests when the database is the bottleneck.
         let mut group = vec![first];
-        let mut points = points_of(&group[0]);
+        let mut points = points_of(&group[0].message);
         let linger = tokio::time::sleep(bounds.linger);
         tokio::pin!(linger);
         while group.len() < bounds.max_batches && points < bounds.max_points {
@@ -224,10 +244,15 @@ pub async fn run(
                     _ = &mut linger => break,
                 },
             };
-            points += points_of(&next);
+            if next.connection != gate.current() {
+                stats.stale_messages.fetch_add(1, Relaxed);
+                continue;
+            }
+            points += points_of(&next.message);
             group.push(next);
         }
-        let prepared: Vec<Prepared> = group.iter().map(|p| prepare(p, &stats, &fleet, &mut dedup, &outputs)).collect();
+        let prepared: Vec<Prepared> =
+            group.iter().map(|d| prepare(&d.message, &stats, &fleet, &mut dedup, &outputs)).collect();
         let task = tokio::spawn(write_group(
             prepared,
             store.clone(),
@@ -236,13 +261,69 @@ pub async fn run(
             shutdown.clone(),
         ));
         pipeline.push_back(InFlight { group, task, started });
+        note_unacked(&pipeline, &stats);
         stats.queue_depth.store(rx.len() as u64, Relaxed);
     }
     // Shutting down: whatever is still being written stays un-acked; the agents re-send it.
     for w in pipeline {
         w.task.abort();
     }
+    stats.set_unacked_since(HashMap::new());
     poller.abort();
+}
+
+/// A message and the broker connection it came on.
+struct Delivery {
+    connection: u64,
+    message: Message,
+}
+
+/// Which broker connection is current. A broker ack is only ever sent on the connection its
+/// message came on: rumqttd takes acks strictly in its delivery order and drops a client that
+/// acks anything else, and after a reconnect it redelivers every un-acked message under new packet
+/// ids, so an old message's ack on the new connection would be "out of order" (docs/architecture.md,
+/// "Outages"). The check and the queueing of an ack happen under the lock, and so does the move to
+/// the next connection with the dropping of acks still queued: no ack slips across.
+#[derive(Default)]
+struct AckGate {
+    connection: std::sync::Mutex<u64>,
+}
+
+impl AckGate {
+    fn current(&self) -> u64 {
+        *self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection failed: later acks of its messages are not sent, queued ones are dropped.
+    fn next_connection(&self, eventloop: &mut EventLoop) {
+        let mut connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        *connection += 1;
+        eventloop.drop_queued_acks();
+    }
+
+    /// Queues the broker ack of `d` when its connection is still the current one (`Ok(false)`:
+    /// it is not, nothing is sent).
+    fn ack(&self, client: &Client, d: &Delivery) -> Result<bool, String> {
+        let connection = self.connection.lock().unwrap_or_else(|p| p.into_inner());
+        if d.connection != *connection {
+            return Ok(false);
+        }
+        client.try_ack(&d.message).map(|()| true)
+    }
+}
+
+/// Publishes, per agent, when its oldest message still in the pipeline was taken.
+fn note_unacked(pipeline: &VecDeque<InFlight>, stats: &CollectorStats) {
+    let mut since: HashMap<String, std::time::Instant> = HashMap::new();
+    for w in pipeline {
+        for d in &w.group {
+            if let Some((agent, Channel::Telemetry)) = topic::parse(d.message.topic()) {
+                let t = since.entry(agent.to_owned()).or_insert(w.started);
+                *t = (*t).min(w.started);
+            }
+        }
+    }
+    stats.set_unacked_since(since);
 }
 
 /// Which of the ingest's connections have their subscriptions; `consuming` is true when all do.
@@ -337,7 +418,7 @@ async fn whole_stream_feed(
 
 /// One database write under way, with the messages it answers.
 struct InFlight {
-    group: Vec<Message>,
+    group: Vec<Delivery>,
     task: tokio::task::JoinHandle<Option<Vec<Prepared>>>,
     started: std::time::Instant,
 }
@@ -355,49 +436,74 @@ async fn front_finished(pipeline: &mut VecDeque<InFlight>) -> WriteResult {
 
 /// Takes a finished write: records what was stored, publishes the agents' acks and
 /// acknowledges the messages to the broker, in order. `false` when shutdown interrupted it.
+#[allow(clippy::too_many_arguments)] // the stage's state, named
 async fn settle(
     w: InFlight,
     result: WriteResult,
     client: &Client,
+    gate: &AckGate,
     stats: &CollectorStats,
     fleet: &Fleet,
     dedup: &mut Dedup,
     outputs: &Outputs,
+    shutdown: &CancellationToken,
 ) -> bool {
     let settled = match result {
         Ok(Some(s)) => s,
         // Shutdown mid-retry, or the task was cancelled: leave the messages un-acked.
         Ok(None) | Err(_) => return false,
     };
-    for (publish, prepared) in w.group.iter().zip(settled) {
+    for (delivery, prepared) in w.group.iter().zip(settled) {
         let outcome = match prepared {
             Prepared::Done(o) => o,
+            // Another copy (a redelivery, a re-send) was written alongside and settled first:
+            // counted and passed on once.
+            Prepared::Stored { agent, batch, .. } if dedup.seen(&agent, batch.buffer, batch.seq) => {
+                stats.duplicates.fetch_add(1, Relaxed);
+                let points = batch.point_count() as u32;
+                Outcome::Ack { agent, ack: batch.ack(AckStatus::Stored { points }) }
+            }
             Prepared::Stored { agent, batch, written } => {
                 let outcome = stored(&agent, &batch, &written, stats, fleet, dedup);
                 let batch = Arc::new(batch);
                 outputs.live.on_batch(&batch);
-                if let Some(automation) = &outputs.stored
-                    && automation.send(batch).await.is_err()
-                {
-                    tracing::debug!("the automation has stopped");
+                if let Some(automation) = &outputs.stored {
+                    tokio::select! {
+                        sent = automation.send(batch) => if sent.is_err() {
+                            tracing::debug!("the automation has stopped");
+                        },
+                        _ = shutdown.cancelled() => return false,
+                    }
                 }
                 outcome
             }
             // Not reached: the write task settles every batch or returns None.
             Prepared::Write { .. } => Outcome::Drop,
         };
+        // The agent's ack goes out whichever connection the message came on: the batch is stored.
+        // Never waiting on the client's queue: an ack not sent costs a re-send, answered by dedup.
         if let Outcome::Ack { agent, ack } = outcome {
             match ack.encode() {
                 Ok(bytes) => {
-                    if let Err(e) = client.publish(topic::topic(&agent, Channel::Ack), bytes).await {
+                    if let Err(e) = client.try_publish(topic::topic(&agent, Channel::Ack), bytes) {
+                        stats.acks_not_queued.fetch_add(1, Relaxed);
                         tracing::warn!(%agent, seq = ack.seq, error = %e, "cannot queue the ack; the agent will re-send");
                     }
                 }
                 Err(e) => tracing::error!(%agent, error = %e, "cannot encode an ack"),
             }
         }
-        if let Err(e) = client.ack(publish).await {
-            tracing::warn!(error = %e, "cannot acknowledge a message to the broker");
+        match gate.ack(client, delivery) {
+            Ok(true) => {}
+            Ok(false) => {
+                stats.stale_messages.fetch_add(1, Relaxed);
+            }
+            // The broker will take the next ack as out of order and reconnect us; it then
+            // delivers everything un-acked again.
+            Err(e) => {
+                stats.acks_not_queued.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, "cannot acknowledge a message to the broker");
+            }
         }
     }
     stats.processing.observe(w.started.elapsed().as_secs_f64());
@@ -506,8 +612,15 @@ async fn write_group(
         group.iter().filter_map(|p| if let Prepared::Write { batch, .. } = p { Some(batch) } else { None }).collect();
     let mut one_by_one = batches.len() <= 1;
     while !one_by_one {
-        match store.write_all(&batches).await {
+        // A write in progress is abandoned at shutdown (its messages stay un-acked): a hung
+        // database must not hold the collector past its grace period.
+        let written = tokio::select! {
+            w = store.write_all(&batches) => w,
+            _ = shutdown.cancelled() => return None,
+        };
+        match written {
             Ok(true) => {
+                stats.write_succeeded();
                 for p in group.iter_mut() {
                     if let Prepared::Write { .. } = p
                         && let Prepared::Write { agent, batch } = std::mem::replace(p, Prepared::Done(Outcome::Drop))
@@ -519,7 +632,11 @@ async fn write_group(
             }
             // Refused as a whole, or a store without combined writes: one batch at a time,
             // so a bad point costs only its own line.
-            Ok(false) | Err(StoreError::Rejected(_)) => one_by_one = true,
+            Ok(false) => one_by_one = true,
+            Err(StoreError::Rejected(_)) => {
+                stats.write_succeeded();
+                one_by_one = true;
+            }
             Err(e) => {
                 let delay = retry_delay(&e, &mut retry, &stats);
                 tracing::warn!(batches = batches.len(), error = %e, retry_in = ?delay, "store write failed");
@@ -542,7 +659,10 @@ async fn write_group(
 
 /// The delay before retrying a failed write: the database's `Retry-After` when it sent one.
 fn retry_delay(e: &StoreError, retry: &mut Backoff, stats: &CollectorStats) -> Duration {
-    stats.write_retries.fetch_add(1, Relaxed);
+    stats.write_failed(&match e {
+        StoreError::Transient { failure, .. } => failure.label(),
+        _ => "other".into(),
+    });
     match e {
         StoreError::Transient { retry_after: Some(d), .. } => *d,
         _ => retry.next_delay(),
@@ -588,12 +708,18 @@ async fn write_one(
     shutdown: &CancellationToken,
 ) -> Option<Prepared> {
     loop {
-        match store.write(&batch).await {
+        let result = tokio::select! {
+            w = store.write(&batch) => w,
+            _ = shutdown.cancelled() => return None,
+        };
+        match result {
             Ok(written) => {
+                stats.write_succeeded();
                 retry.reset();
                 return Some(Prepared::Stored { agent, batch, written });
             }
             Err(StoreError::Rejected(reason)) => {
+                stats.write_succeeded();
                 stats.rejected.fetch_add(1, Relaxed);
                 let points = batch.point_count();
                 tracing::error!(agent, seq = batch.seq, points, %reason, "database refused a batch for good");
@@ -608,5 +734,44 @@ async fn write_one(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(connection: u64, pkid: u16) -> Delivery {
+        let mut p = rumqttc::Publish::new("edgeloop/v1/gw/telemetry", rumqttc::QoS::AtLeastOnce, vec![1u8]);
+        p.pkid = pkid;
+        Delivery { connection, message: Message::V4(p) }
+    }
+
+    /// A message's broker ack goes out only on the connection it came on: once the connection
+    /// is lost, acks still queued are dropped and later acks of its messages are not sent.
+    #[tokio::test]
+    async fn acks_never_cross_to_a_new_connection() {
+        let (client, mut eventloop) = mqtt::connect(&ConnectOptions {
+            version: crate::config::MqttVersion::V311,
+            client_id: "test".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            username: None,
+            password: None,
+            persistent: true,
+            manual_acks: true,
+            max_in_flight: 10,
+            // One queued request fills the client's queue: a refused `try_ack` shows it is taken.
+            channel_capacity: 1,
+        });
+        let gate = AckGate::default();
+        assert_eq!(gate.ack(&client, &delivery(0, 1)), Ok(true));
+        assert!(gate.ack(&client, &delivery(0, 2)).is_err(), "the queue holds the first ack");
+
+        gate.next_connection(&mut eventloop);
+        assert_eq!(gate.current(), 1);
+        assert_eq!(gate.ack(&client, &delivery(0, 3)), Ok(false), "an old connection's message is not acked");
+        // The first ack was dropped with the old connection: the queue has room again.
+        assert_eq!(gate.ack(&client, &delivery(1, 1)), Ok(true));
     }
 }

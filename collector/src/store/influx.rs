@@ -16,7 +16,7 @@ use reqwest::{StatusCode, header::RETRY_AFTER};
 
 use super::{
     line_protocol,
-    outcome::{Refused, StoreError, Written},
+    outcome::{Failure, Refused, StoreError, Written},
 };
 use crate::config::{InfluxV1Config, InfluxV2Config};
 
@@ -178,10 +178,16 @@ impl InfluxStore {
             Auth::Basic { user, password } => req.basic_auth(user, Some(password.expose())),
             Auth::Token(t) => req.header(reqwest::header::AUTHORIZATION, format!("Token {}", t.expose())),
         };
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| StoreError::Transient { reason: format!("{}: {e}", self.url), retry_after: None })?;
+        let resp = req.send().await.map_err(|e| {
+            let failure = if e.is_timeout() {
+                Failure::Timeout
+            } else if e.is_connect() {
+                Failure::Connect
+            } else {
+                Failure::Other
+            };
+            StoreError::Transient { reason: format!("{}: {e}", self.url), retry_after: None, failure }
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(());
@@ -202,7 +208,7 @@ impl InfluxStore {
             }
             // Everything else (auth, missing database, overload, outage) is fixable on the server
             // side: keep the data and retry.
-            _ => Err(StoreError::Transient { reason, retry_after }),
+            _ => Err(StoreError::Transient { reason, retry_after, failure: Failure::Status(status.as_u16()) }),
         }
     }
 }

@@ -13,7 +13,7 @@ use std::{
 
 use edgeloop_shared::batch::Batch;
 
-use super::outcome::StoreError;
+use super::outcome::{Failure, StoreError};
 
 pub struct LocalStore {
     db: sled::Db,
@@ -52,7 +52,11 @@ impl LocalStore {
     }
 
     pub async fn write(&self, batch: &Batch) -> Result<(), StoreError> {
-        let io = |e: sled::Error| StoreError::Transient { reason: format!("local store: {e}"), retry_after: None };
+        let io = |e: sled::Error| StoreError::Transient {
+            reason: format!("local store: {e}"),
+            retry_after: None,
+            failure: Failure::Other,
+        };
         let mut new = 0u64;
         for s in &batch.series {
             for p in &s.points {
@@ -121,7 +125,11 @@ impl LocalStore {
         until_ns: i64,
         max_points: usize,
     ) -> Result<Vec<(i64, f64)>, StoreError> {
-        let io = |e: sled::Error| StoreError::Transient { reason: format!("local store: {e}"), retry_after: None };
+        let io = |e: sled::Error| StoreError::Transient {
+            reason: format!("local store: {e}"),
+            retry_after: None,
+            failure: Failure::Other,
+        };
         let ts_of = |k: &[u8]| {
             k.get(k.len().saturating_sub(8)..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(i64::from_be_bytes)
         };

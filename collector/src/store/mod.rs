@@ -12,7 +12,7 @@ pub mod outcome;
 
 use edgeloop_shared::batch::Batch;
 
-pub use self::outcome::{Refused, StoreError, Written};
+pub use self::outcome::{Failure, Refused, StoreError, Written};
 use crate::config::StoreConfig;
 
 pub enum Store {

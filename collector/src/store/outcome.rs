@@ -6,7 +6,7 @@ use std::time::Duration;
 pub enum StoreError {
     /// Worth retrying: the database is down, slow, overloaded or misconfigured on its side.
     #[error("write failed, will retry: {reason}")]
-    Transient { reason: String, retry_after: Option<Duration> },
+    Transient { reason: String, retry_after: Option<Duration>, failure: Failure },
     /// The database refused the data itself; retrying cannot help.
     #[error("write refused: {0}")]
     Rejected(String),
@@ -31,4 +31,29 @@ pub struct Refused {
     pub reading: bool,
     /// The reading's sensor or the event's subject.
     pub name: String,
+}
+
+/// How a write that is worth retrying failed, for the error counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The database answered with this (non-2xx) HTTP status.
+    Status(u16),
+    /// No answer within the request timeout (a hung or overloaded database).
+    Timeout,
+    /// No connection (the database is down or unreachable).
+    Connect,
+    /// Anything else: a connection reset mid-request, a local store's I/O error.
+    Other,
+}
+
+impl Failure {
+    /// The counter label: `503`, `timeout`, `connect`, `other`.
+    pub fn label(&self) -> String {
+        match self {
+            Failure::Status(code) => code.to_string(),
+            Failure::Timeout => "timeout".into(),
+            Failure::Connect => "connect".into(),
+            Failure::Other => "other".into(),
+        }
+    }
 }

@@ -8,6 +8,8 @@ use std::{
 pub struct Influx1 {
     pub url: String,
     child: Child,
+    /// SIGSTOPped by [`Influx1::stop`].
+    frozen: bool,
     _dir: tempfile::TempDir,
     http: reqwest::Client,
 }
@@ -41,7 +43,7 @@ bind-address = "127.0.0.1:{rpc_port}"
         let child = spawn(dir.path());
         let url = format!("http://127.0.0.1:{http_port}");
         let http = reqwest::Client::new();
-        let influx = Self { url, child, _dir: dir, http };
+        let influx = Self { url, child, frozen: false, _dir: dir, http };
         influx.wait_ready().await;
         influx.query(db, &format!("CREATE DATABASE \"{db}\"")).await;
         influx
@@ -59,6 +61,23 @@ bind-address = "127.0.0.1:{rpc_port}"
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Freezes the server (SIGSTOP): a hung database, its sockets open and silent.
+    pub fn stop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+        self.frozen = true;
+    }
+
+    /// Thaws a server frozen by [`Influx1::stop`] (SIGCONT).
+    pub fn cont(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+        self.frozen = false;
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
     }
 
     /// Starts the server again on the same ports and data.
@@ -83,6 +102,9 @@ bind-address = "127.0.0.1:{rpc_port}"
 
 impl Drop for Influx1 {
     fn drop(&mut self) {
+        if self.frozen {
+            self.cont();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

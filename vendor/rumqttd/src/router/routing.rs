@@ -906,6 +906,15 @@ impl Router {
         // Prepare AcksRequest in tracker if router is operating in a
         // single node mode or force ack request for subscriptions
         if force_ack {
+            // edgeloop patch: send the acks now, whatever the connection's data flow is doing.
+            // `reschedule(FreshData)` only wakes a connection paused as `Caughtup`; one paused as
+            // `InflightFull` (a consumer holding 100 un-acked messages, e.g. while its database is
+            // down) would get no PINGRESP and no PUBACK for its own publishes until it acked a
+            // message: its keep-alive then fails ("Last pingreq isn't acked") and its publishes
+            // stall. Acks are never held back by flow control in MQTT.
+            if let (Some(ackslog), Some(outgoing)) = (self.ackslog.get_mut(id), self.obufs.get_mut(id)) {
+                ack_device_data(ackslog, outgoing);
+            }
             self.scheduler.reschedule(id, ScheduleReason::FreshData);
         }
 
