@@ -567,3 +567,18 @@ async fn the_openapi_document_lists_exactly_the_table() {
     assert_eq!(doc["paths"]["/"]["get"]["security"], json!([]));
     assert!(routes().iter().all(|r| r.access != Access::Public || !r.path.starts_with("/api/v1/")));
 }
+
+/// Every answer, page or API or error, carries the security headers: the dashboard cannot be
+/// framed by another site, scripts come only from this origin.
+#[tokio::test]
+async fn every_answer_forbids_framing_and_foreign_scripts() {
+    let f = fixture(false).await;
+    for path in ["/", "/app.js", "/metrics", "/api/v1/agents", "/no-such-page"] {
+        let resp = f.http.get(format!("{}{path}", f.base)).send().await.unwrap();
+        let h = resp.headers();
+        let csp = h.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"), "{path}: {csp:?}");
+        assert_eq!(h.get("x-frame-options").and_then(|v| v.to_str().ok()), Some("DENY"), "{path}");
+        assert_eq!(h.get("x-content-type-options").and_then(|v| v.to_str().ok()), Some("nosniff"), "{path}");
+    }
+}
