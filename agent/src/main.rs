@@ -128,9 +128,24 @@ fn rules_test(file: &Path, recording: &Path, expect: Option<&Path>, config: Opti
 
 fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Check { config } => {
-            AgentConfig::load(&config)?;
-            println!("{}: ok", config.display());
+        Command::Check { config: path } => {
+            let config = AgentConfig::load(&path)?;
+            // The rule file is part of what `run` starts with: a missing file, a rule naming an
+            // undefined action or a shutdown action the file lacks fails here, not at start.
+            match &config.agent.rules {
+                Some(rules_path) => {
+                    let rules = edgeloop_rules::config::RuleFile::load(rules_path, &config.rules_context())
+                        .with_context(|| format!("{}: [agent] rules", path.display()))?;
+                    println!(
+                        "{}: ok; {}: {} rule(s), {} action(s)",
+                        path.display(),
+                        rules_path.display(),
+                        rules.rules.len(),
+                        rules.actions.len()
+                    );
+                }
+                None => println!("{}: ok (no rule file)", path.display()),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Rules { command: RulesCommand::Check { file, config } } => {

@@ -103,3 +103,47 @@ fn an_invalid_input_exits_2_and_names_the_file_and_line() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("no-such.expect.toml"), "{err}");
 }
+
+/// `edgeloop-agent check` checks what `run` would start with: the config and the rule file it
+/// names, so a missing file or a shutdown action the file lacks is found before deployment.
+#[test]
+fn check_loads_the_rule_file_the_config_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let rules = dir.path().join("rules.toml");
+    let write_config = |shutdown: &str| {
+        let text = format!(
+            "[agent]\nid = \"gw-1\"\ndata_dir = \"{data}\"\nrules = \"{rules}\"\n\n\
+             [commands]\nshutdown_actions = [{shutdown}]\n\n\
+             [sources.sim]\nkind = \"simulated\"\nperiod = \"1s\"\n",
+            data = dir.path().join("data").display(),
+            rules = rules.display(),
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    let check = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_edgeloop-agent"))
+            .args(["check".as_ref(), config.as_os_str()])
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run edgeloop-agent");
+        let text = |b: Vec<u8>| String::from_utf8(b).expect("utf-8 output");
+        (out.status.code(), text(out.stdout), text(out.stderr))
+    };
+
+    write_config("\"relay\"");
+    let (code, _, err) = check();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("[agent] rules") && err.contains("rules.toml"), "the missing file is named: {err}");
+
+    std::fs::write(&rules, "[actions.relay]\nkind = \"exec\"\nprogram = \"/bin/true\"\n").unwrap();
+    write_config("\"relay\", \"siren\"");
+    let (code, _, err) = check();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("actions.siren") && err.contains("shutdown_actions"), "the undefined action is named: {err}");
+
+    write_config("\"relay\"");
+    let (code, out, err) = check();
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("0 rule(s), 1 action(s)"), "{out}");
+}
