@@ -33,7 +33,7 @@ use edgeloop_rules::{
 };
 use edgeloop_shared::{
     clock,
-    command::VerifyingKey,
+    command::{MAX_CLOCK_SKEW_NS, VerifyingKey},
     model::{Command, CommandAction, CommandResult, Event, EventKind, Severity, SignedCommand, from_wire, to_wire},
 };
 use serde::{Deserialize, Serialize};
@@ -145,9 +145,17 @@ pub struct Commands {
     rules: RulesHandle,
     stats: Arc<AgentStats>,
     audit: Arc<Mutex<std::fs::File>>,
-    /// Ids of verified commands → their expiry; forgotten once expired (a replay is then
-    /// refused as expired anyway).
+    /// Ids of verified commands → their expiry; forgotten a clock allowance after they expired
+    /// (a replay is then refused as expired anyway).
     executed: HashMap<u64, i64>,
+}
+
+/// Whether a command id that expires at `expires_ns` must still be remembered at `now_ns`. Kept
+/// for [`MAX_CLOCK_SKEW_NS`] past its expiry: a gateway clock stepped back (NTP after a drift, an
+/// RTC reset) by up to that much would otherwise see the command valid again with its id
+/// already forgotten, and execute a replay.
+fn still_reserved(expires_ns: i64, now_ns: i64) -> bool {
+    expires_ns.saturating_add(MAX_CLOCK_SKEW_NS) >= now_ns
 }
 
 impl Commands {
@@ -173,7 +181,7 @@ impl Commands {
                 let Ok(line) = line else { break };
                 match serde_json::from_str::<AuditRecord>(&line) {
                     Ok(AuditRecord { id: Some(id), verified: true, expires_ns: Some(expires), .. })
-                        if expires >= now_ns =>
+                        if still_reserved(expires, now_ns) =>
                     {
                         executed.insert(id, expires);
                     }
@@ -258,7 +266,7 @@ impl Commands {
         };
         record.verified = true;
         record.expires_ns = Some(command.expires_ns);
-        self.executed.retain(|_, expires| *expires >= now_ns);
+        self.executed.retain(|_, expires| still_reserved(*expires, now_ns));
         if self.executed.contains_key(&command.id) {
             // Not a new use: the original record keeps the id reserved.
             record.verified = false;
@@ -623,6 +631,31 @@ source = "node-1"
         assert!(rig.port.try_recv().is_err(), "fired once only");
         let verdicts: Vec<Verdict> = rig.audit().iter().map(|r| r.verdict).collect();
         assert_eq!(verdicts, [Verdict::Accepted, Verdict::Refused, Verdict::Refused]);
+    }
+
+    /// The gateway's clock passes a command's expiry (its id could be forgotten), then is stepped
+    /// back: the replayed command is valid by the clock again, and still refused as a replay.
+    #[tokio::test]
+    async fn a_clock_stepped_back_after_expiry_does_not_reopen_a_replay() {
+        let mut rig = rig(true).await;
+        let command = rig.command(CommandAction::Shutdown { reason: "once".into() });
+        let payload = rig.signed(&command);
+        let before_expiry = command.expires_ns - 1;
+        assert!(rig.commands.handle(&payload, before_expiry).await.unwrap().ok);
+        // A minute past its expiry another, valid command arrives: verified, so ids are swept.
+        let after_expiry = command.expires_ns + MINUTE;
+        let mut other = rig.command(CommandAction::ResetLatch { rule: "overtemp".into() });
+        other.expires_ns = after_expiry + MINUTE;
+        let other = rig.signed(&other);
+        let swept = rig.commands.handle(&other, after_expiry).await.unwrap();
+        assert_eq!(swept.outcome, "refused: rule overtemp is not latched", "verified, then refused on its merits");
+        let stepped_back = rig.commands.handle(&payload, before_expiry).await.unwrap();
+        assert!(!stepped_back.ok);
+        assert_eq!(stepped_back.outcome, format!("refused: replay of command {}, already executed", command.id));
+        // A restart at that moment reads the id back too.
+        let mut restarted =
+            Commands::open(rig.settings.clone(), rig.rules.clone(), rig.stats.clone(), after_expiry).unwrap();
+        assert!(restarted.handle(&payload, before_expiry).await.unwrap().outcome.contains("replay"));
     }
 
     #[tokio::test]
