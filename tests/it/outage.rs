@@ -1,6 +1,8 @@
 //! Database outages of minutes: the collector keeps its MQTT connection serviced while writes
 //! fail, nothing is lost or stored twice, and the backlog drains by itself once the database is
-//! back (issue 21). Both kinds of outage run side by side in one test to share the wait.
+//! back (issue 21). Both kinds of outage run side by side in one test to share the wait. Also
+//! the broker restarted mid-drain (the collector's embedded one, and Mosquitto in external mode),
+//! and an hour's soak of random faults (`soak`, ignored: run on purpose).
 
 use std::time::{Duration, Instant};
 
