@@ -30,21 +30,39 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
-        let child = Command::new(mosquitto_binary())
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("mosquitto not found: install Debian's `mosquitto` package (scripts/test does)");
+        let child = spawn(dir.path());
         let m = Self { port, child, _dir: dir };
+        m.wait_ready().await;
+        m
+    }
+
+    async fn wait_ready(&self) {
+        let port = self.port;
         super::wait_for("mosquitto to accept connections", Duration::from_secs(20), || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
         })
         .await;
-        m
     }
+
+    /// Kills the broker (SIGKILL) and starts it again on the same port. Persistence is off, so
+    /// every session and every message it held is gone, as after a crash of a stock install.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(self._dir.path());
+        self.wait_ready().await;
+    }
+}
+
+fn spawn(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("mosquitto.log")).unwrap();
+    Command::new(mosquitto_binary())
+        .arg("-c")
+        .arg(dir.join("mosquitto.conf"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("mosquitto not found: install Debian's `mosquitto` package (scripts/test does)")
 }
 
 impl Mosquitto {
