@@ -158,9 +158,13 @@ async fn evaluated(c: &Collector, n: u64) {
     .await;
 }
 
-const PREDICT_RULES: &str = r#"
+/// The predictive rule of the example fleet rules (ISO 10816 zone C/D at 4.5 mm/s, 96 h ahead),
+/// notifying `channel`; the webhook and the e-mail tests share it.
+pub fn predict_rules(channel: &str) -> String {
+    format!(
+        r#"
 [defaults]
-notify = ["hook"]
+notify = ["{channel}"]
 
 [rules.bearing_zone_d]
 kind = "predict"
@@ -170,8 +174,10 @@ horizon = "96h"
 bucket = "1h"
 window = "48h"
 confidence = 0.9
-route = { group_by = ["rule", "machine"], group_wait = "0s" }
-"#;
+route = {{ group_by = ["rule", "machine"], group_wait = "0s" }}
+"#
+    )
+}
 
 /// One faulty machine of the reference set, 30 simulated days in 6-hour batches: the predictive
 /// alert comes before the trip, its time to limit brackets the true crossing, and the webhook
@@ -181,7 +187,7 @@ async fn a_bearing_fault_is_predicted_before_the_trip_and_its_interval_brackets_
     harness::init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let hook = Webhook::start().await;
-    let (c, shutdown) = collector(dir.path(), PREDICT_RULES, &hook, false).await;
+    let (c, shutdown) = collector(dir.path(), &predict_rules("hook"), &hook, false).await;
     let set = SyntheticSet::generate(SyntheticConfig::default());
     // Machine 2: a defect growing for days from a 1.5 mm/s baseline (see synthetic.rs).
     let machine = &set.machines[2];
@@ -248,7 +254,7 @@ async fn healthy_machines_raise_no_predictive_alert_in_a_month() {
     harness::init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let hook = Webhook::start().await;
-    let (c, shutdown) = collector(dir.path(), PREDICT_RULES, &hook, false).await;
+    let (c, shutdown) = collector(dir.path(), &predict_rules("hook"), &hook, false).await;
     let set = SyntheticSet::generate(SyntheticConfig::default());
     let broker = c.broker_addr().unwrap();
     let mut sent = 0;

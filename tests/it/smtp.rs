@@ -14,28 +14,13 @@ use edgeloop_collector::{
 use edgeloop_shared::model::Reading;
 use tokio_util::sync::CancellationToken;
 
-use crate::automation::FakeAgent;
+use crate::automation::{FakeAgent, predict_rules};
 use crate::harness::{
     self,
     smtp::{Mode, PASSWORD, SmtpServer, USER},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-const PREDICT_RULES: &str = r#"
-[defaults]
-notify = ["mail"]
-
-[rules.bearing_zone_d]
-kind = "predict"
-sensors = "*.de.vel_rms"
-limit = 4.5
-horizon = "96h"
-bucket = "1h"
-window = "48h"
-confidence = 0.9
-route = { group_by = ["rule", "machine"], group_wait = "0s" }
-"#;
 
 /// `[notify.mail]` for `server`: STARTTLS (the default), its CA, the one user.
 fn mail_channel(server: &SmtpServer, password: &str, ca: bool) -> String {
@@ -64,7 +49,7 @@ retry_max = "500ms"
 
 /// A collector with `[automation]` on the predictive rule and `[notify.mail]`.
 async fn collector(dir: &Path, server: &SmtpServer) -> (Collector, CancellationToken) {
-    std::fs::write(dir.join("fleet-rules.toml"), PREDICT_RULES).unwrap();
+    std::fs::write(dir.join("fleet-rules.toml"), predict_rules("mail")).unwrap();
     let text = format!(
         r#"
 [broker]
